@@ -1,0 +1,58 @@
+"""Tether: a harness for running AI agents in production.
+
+Agents are plain functions decorated with :func:`agent`; they receive a :class:`Context`,
+record :meth:`Context.step` s, and classify failures with :class:`Retryable` and
+:class:`Terminal`. Tether records every run, links agents through trigger rows, retries
+what the world broke, and keeps the history an auditor asks for.
+"""
+
+from tether.config import Settings, load_settings
+from tether.errors import (
+    AgentFailure,
+    ConfigError,
+    DiscoveryError,
+    NotFound,
+    OutputError,
+    Retryable,
+    StoreError,
+    Terminal,
+    TetherError,
+)
+from tether.graph import Agent, Graph, Upstream, agent, discover
+from tether.project import Project
+from tether.runtime import Context, RetryPolicy, StepHandle, Worker, WorkerStats
+from tether.store import Run, Step, Store, Task, TaskStatus, Trigger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentFailure",
+    "ConfigError",
+    "Context",
+    "DiscoveryError",
+    "Graph",
+    "NotFound",
+    "OutputError",
+    "Project",
+    "RetryPolicy",
+    "Retryable",
+    "Run",
+    "Settings",
+    "Step",
+    "StepHandle",
+    "Store",
+    "StoreError",
+    "Task",
+    "TaskStatus",
+    "Terminal",
+    "TetherError",
+    "Trigger",
+    "Upstream",
+    "Worker",
+    "WorkerStats",
+    "__version__",
+    "agent",
+    "discover",
+    "load_settings",
+]

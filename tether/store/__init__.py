@@ -1,0 +1,36 @@
+"""The store: tasks, runs, steps and triggers in SQLite (default) or PostgreSQL."""
+
+from tether.store.records import (
+    FailureClass,
+    Run,
+    RunReason,
+    RunStatus,
+    Step,
+    Task,
+    TaskInput,
+    TaskStatus,
+    Trigger,
+)
+from tether.store.store import PostgresStore, SQLiteStore, Store
+from tether.store.writes import Claim, Completion, Edge, Pending, StepWrite, Submission
+
+__all__ = [
+    "Claim",
+    "Completion",
+    "Edge",
+    "FailureClass",
+    "Pending",
+    "PostgresStore",
+    "Run",
+    "RunReason",
+    "RunStatus",
+    "SQLiteStore",
+    "Step",
+    "StepWrite",
+    "Store",
+    "Submission",
+    "Task",
+    "TaskInput",
+    "TaskStatus",
+    "Trigger",
+]

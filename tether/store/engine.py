@@ -1,0 +1,101 @@
+"""Engines per dialect: SQLite (the embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode so readers never block the writer. Write transactions start with
+``BEGIN IMMEDIATE`` so two writers queue on the busy timeout instead of deadlocking when a
+reader upgrades to a writer. ``durability="full"`` syncs every commit (``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from tether.errors import ConfigError
+
+WRITE = "tether_write"
+"""Execution option that marks a connection's transaction as a write (``BEGIN IMMEDIATE``)."""
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def dialect_of(url: str) -> str:
+    """``sqlite`` or ``postgresql`` for a store URL, or a ConfigError naming what is supported."""
+    try:
+        name = make_url(url).get_backend_name()
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"database URL {url!r} is not a valid URL; use sqlite:///path/to/file.db "
+            "or postgresql://user@host:5432/dbname"
+        ) from exc
+    if name not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database URL {url!r}: Tether supports sqlite and postgresql, not {name}"
+        )
+    return name
+
+
+def sqlite_engine(url: str, *, durability: str = "full") -> Engine:
+    """An engine on a SQLite file, created (with its folder) if missing."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database in ("", ":memory:"):
+        raise ConfigError("an in-memory SQLite store is not shared between threads; use a file")
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed,
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        pool_size=8,
+        max_overflow=24,
+    )
+    synchronous = "FULL" if durability == "full" else "NORMAL"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours to issue.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def postgres_engine(url: str, *, durability: str = "full") -> Engine:
+    """An engine on PostgreSQL through psycopg 3, pooled."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if durability != "full":
+        connect_args["options"] = "-c synchronous_commit=off"
+    try:
+        return create_engine(
+            parsed,
+            connect_args=connect_args,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+        )
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigError(
+            "PostgreSQL needs the psycopg driver: pip install 'tether[postgres]'"
+        ) from exc
+
+
+def make_engine(url: str, *, durability: str = "full") -> Engine:
+    """The engine for a store URL."""
+    if dialect_of(url) == "sqlite":
+        return sqlite_engine(url, durability=durability)
+    return postgres_engine(url, durability=durability)

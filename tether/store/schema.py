@@ -1,0 +1,119 @@
+"""The store's schema, stated once in SQLAlchemy Core for SQLite and PostgreSQL alike.
+
+Times are float seconds since the epoch (UTC): comparable and indexable the same way on
+both databases, with no time-zone conversion on the hot path.
+
+The migrations in ``migrations/versions`` must produce exactly this schema; a test checks it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+Time: Double[float] = Double()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("agent", String(200), nullable=False),
+    Column("key", String(500), nullable=False),
+    Column("created_at", Time, nullable=False),
+    UniqueConstraint("agent", "key"),
+)
+
+task_inputs = Table(
+    "task_inputs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("data", Json, nullable=True),
+    Column("received_at", Time, nullable=False),
+    UniqueConstraint("task_id", "seq"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    # Why it started: submitted | trigger | retry | operator | eval
+    Column("reason", String(20), nullable=False),
+    Column("note", Text, nullable=True),
+    # queued | running | succeeded | failed
+    Column("status", String(12), nullable=False),
+    # retryable | terminal (failed runs only)
+    Column("failure_class", String(12), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("output", Json, nullable=True),
+    Column("created_at", Time, nullable=False),
+    Column("available_at", Time, nullable=False),
+    Column("started_at", Time, nullable=True),
+    Column("finished_at", Time, nullable=True),
+    Column("worker", String(200), nullable=True),
+    Column("lease_expires_at", Time, nullable=True),
+    Index(None, "status", "available_at"),
+    Index(None, "task_id", "status"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("key", String(500), nullable=True),
+    Column("input", Json, nullable=True),
+    Column("output", Json, nullable=True),
+    # running | succeeded | failed
+    Column("status", String(12), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("started_at", Time, nullable=False),
+    Column("finished_at", Time, nullable=True),
+    UniqueConstraint("run_id", "seq"),
+    Index(None, "key"),
+)
+
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("upstream_task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("upstream_run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Column("downstream_task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("created_at", Time, nullable=False),
+    # Each edge exactly once, even if a completion is delivered twice.
+    UniqueConstraint("upstream_run_id", "name", "downstream_task_id"),
+    Index(None, "downstream_task_id", "name"),
+    Index(None, "upstream_task_id"),
+)

@@ -1,0 +1,549 @@
+"""The store: every write the harness makes, each a named method, one transaction each.
+
+A :class:`Store` is chosen by URL: :class:`SQLiteStore` (the default) or
+:class:`PostgresStore`. They share every statement but the few where the dialects differ:
+claiming queued runs (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers)
+and locking a task row while a join decides whether to run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tether.config import Settings
+from tether.errors import StoreError
+from tether.jsonable import canonical
+from tether.store import migrate
+from tether.store.engine import WRITE, dialect_of, make_engine
+from tether.store.reads import StoreReads
+from tether.store.schema import runs, steps, task_inputs, tasks, triggers
+from tether.store.writes import Claim, Completion, Edge, Pending, StepWrite, Submission
+
+_MISSING: Any = object()
+
+Decide = Callable[[str, int], float | None]
+"""``(agent, attempt) -> retry_at or None``: the runtime's retry rule, given to the reaper."""
+
+
+class Store(StoreReads):
+    """Tasks, runs, steps and triggers in a SQL database. Open one with :meth:`open`."""
+
+    dialect = ""
+
+    def __init__(self, engine: Engine, *, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @staticmethod
+    def open(
+        settings: Settings | str | None = None, *, durability: str = "full", migrate_: bool = True
+    ) -> Store:
+        """Open the store a settings object (or URL) names, migrating it if behind.
+
+        With no argument, the project in the current folder (``./.tether/tether.db``).
+        """
+        if settings is None or isinstance(settings, Settings):
+            from tether.config import load_settings
+
+            cfg = settings or load_settings()
+            url, durability = cfg.url, cfg.durability
+        else:
+            url = settings
+        cls: type[Store] = SQLiteStore if dialect_of(url) == "sqlite" else PostgresStore
+        engine = make_engine(url, durability=durability)
+        store = cls(engine, url=url)
+        if migrate_:
+            try:
+                migrate.ensure_current(engine)
+            except (OperationalError, DBAPIError) as exc:
+                engine.dispose()
+                raise StoreError(f"cannot open the store at {_safe(url)}: {exc.orig}") from exc
+        return store
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{WRITE: True})
+                with conn.begin():
+                    yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreError(f"store write failed: {exc.orig}") from exc
+
+    # -- dialect hooks -------------------------------------------------------------
+
+    def _insert_ignore(self, table: Any) -> Any:
+        raise NotImplementedError
+
+    def _lock_task(self, conn: Connection, task_id: int) -> None:
+        """Hold the task's row until commit, so concurrent joins decide one at a time."""
+
+    def _claim_candidates(self, now: float, limit: int) -> Any:
+        r = runs.alias("r")
+        busy = runs.alias("busy")
+        return (
+            select(r.c.id)
+            .where(
+                r.c.status == "queued",
+                r.c.available_at <= now,
+                # One run at a time per task: a retry or new input waits for the running one.
+                ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
+            )
+            .order_by(r.c.available_at, r.c.id)
+            .limit(limit)
+        )
+
+    # -- submitting ----------------------------------------------------------------
+
+    def submit(
+        self,
+        agent: str,
+        key: str,
+        input: Any = _MISSING,
+        *,
+        reason: str = "submitted",
+        note: str | None = None,
+        now: float | None = None,
+    ) -> Submission:
+        """Create the task (agent, key) if new and queue a run for it.
+
+        Idempotent: submitting an existing task again queues nothing, unless ``input``
+        differs from the latest input it received; then the input is attached (in order,
+        with its time) and a new run is queued.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            task_id, created = self._upsert_task(conn, agent, key, now)
+            new_info = False
+            if input is not _MISSING:
+                new_info = self._attach_input(conn, task_id, input, now)
+            has_runs = conn.execute(select(exists().where(runs.c.task_id == task_id))).scalar()
+            run_id = None
+            if created or new_info or not has_runs:
+                run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note)
+            return Submission(task_id=task_id, run_id=run_id, created=created)
+
+    def _upsert_task(
+        self, conn: Connection, agent: str, key: str, now: float
+    ) -> tuple[int, bool]:
+        found = conn.execute(
+            select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
+        ).scalar()
+        if found is not None:
+            self._lock_task(conn, found)
+            return found, False
+        stmt = self._insert_ignore(tasks).values(agent=agent, key=key, created_at=now)
+        inserted = conn.execute(stmt).rowcount == 1
+        task_id = conn.execute(
+            select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
+        ).scalar_one()
+        self._lock_task(conn, task_id)
+        return task_id, inserted
+
+    def _attach_input(self, conn: Connection, task_id: int, data: Any, now: float) -> bool:
+        latest = conn.execute(
+            select(task_inputs.c.seq, task_inputs.c.data)
+            .where(task_inputs.c.task_id == task_id)
+            .order_by(task_inputs.c.seq.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and canonical(latest.data) == canonical(data):
+            return False
+        seq = 1 if latest is None else latest.seq + 1
+        conn.execute(
+            insert(task_inputs).values(task_id=task_id, seq=seq, data=data, received_at=now)
+        )
+        return True
+
+    def _enqueue(
+        self,
+        conn: Connection,
+        task_id: int,
+        *,
+        reason: str,
+        now: float,
+        attempt: int = 1,
+        available_at: float | None = None,
+        note: str | None = None,
+    ) -> int | None:
+        """Queue a run unless one is already queued (it will see the newest state)."""
+        queued = conn.execute(
+            select(runs.c.id).where(runs.c.task_id == task_id, runs.c.status == "queued")
+        ).first()
+        if queued is not None:
+            return None
+        result = conn.execute(
+            insert(runs).values(
+                task_id=task_id,
+                attempt=attempt,
+                reason=reason,
+                note=note,
+                status="queued",
+                created_at=now,
+                available_at=now if available_at is None else available_at,
+            )
+        )
+        pk = result.inserted_primary_key
+        return None if pk is None else int(pk[0])
+
+    # -- claiming and leases -------------------------------------------------------
+
+    def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[Claim]:
+        """Claim up to ``limit`` available queued runs for ``worker``, in one transaction."""
+        return self.exchange((), worker=worker, limit=limit, lease_seconds=lease_seconds,
+                             now=now)[1]
+
+    def exchange(
+        self,
+        completions: Sequence[Completion],
+        *,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> tuple[list[int], list[Claim]]:
+        """Record finished runs and claim new ones in a single transaction.
+
+        This is the worker's group commit: one synced commit per batch, however many runs
+        finished and started since the last one. Returns (runs recorded, runs claimed).
+        """
+        if not completions and limit <= 0:
+            return [], []
+        with self._write() as conn:
+            accepted = self._complete(conn, completions) if completions else []
+            claims = self._claim(conn, worker, limit, lease_seconds, now) if limit > 0 else []
+        return accepted, claims
+
+    def _claim(
+        self, conn: Connection, worker: str, limit: int, lease_seconds: float, now: float | None
+    ) -> list[Claim]:
+        now = time.time() if now is None else now
+        lease = now + lease_seconds
+        candidates = self._claim_candidates(now, limit).scalar_subquery()
+        stmt = (
+            update(runs)
+            .where(runs.c.id.in_(candidates), runs.c.status == "queued")
+            .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
+            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+        )
+        claimed = conn.execute(stmt).all()
+        if not claimed:
+            return []
+        names = {
+            row.id: (row.agent, row.key)
+            for row in conn.execute(
+                select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
+                    tasks.c.id.in_({c.task_id for c in claimed})
+                )
+            )
+        }
+        return [
+            Claim(
+                run_id=c.id,
+                task_id=c.task_id,
+                agent=names[c.task_id][0],
+                key=names[c.task_id][1],
+                attempt=c.attempt,
+                reason=c.reason,
+                note=c.note,
+                lease_expires_at=lease,
+            )
+            for c in sorted(claimed, key=lambda c: c.id)
+        ]
+
+    def renew(
+        self, worker: str, run_ids: Iterable[int], *, lease_seconds: float
+    ) -> set[int]:
+        """Extend the leases ``worker`` holds; returns the runs it still holds."""
+        ids = list(run_ids)
+        if not ids:
+            return set()
+        lease = time.time() + lease_seconds
+        with self._write() as conn:
+            held = conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(ids), runs.c.worker == worker, runs.c.status == "running")
+                .values(lease_expires_at=lease)
+                .returning(runs.c.id)
+            ).scalars()
+            return set(held)
+
+    def reap(self, decide: Decide, *, now: float | None = None) -> list[int]:
+        """Fail runs whose lease expired (their worker is lost) and queue their retries.
+
+        ``decide(agent, attempt)`` gives the retry time, or None when attempts are spent.
+        Returns the ids of the runs reaped.
+        """
+        now = time.time() if now is None else now
+        expired_q = (
+            select(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.worker, tasks.c.agent)
+            .join(tasks, tasks.c.id == runs.c.task_id)
+            .where(runs.c.status == "running", runs.c.lease_expires_at < now)
+        )
+        with self.engine.connect() as conn:
+            if conn.execute(expired_q.limit(1)).first() is None:
+                return []  # the common case: one cheap read, no write lock
+        reaped: list[int] = []
+        with self._write() as conn:
+            for row in conn.execute(expired_q).all():
+                failed = conn.execute(
+                    update(runs)
+                    .where(
+                        runs.c.id == row.id,
+                        runs.c.status == "running",
+                        runs.c.lease_expires_at < now,
+                    )
+                    .values(
+                        status="failed",
+                        failure_class="retryable",
+                        failure_reason=(
+                            f"worker lost: {row.worker} stopped renewing its lease "
+                            "(it crashed or was killed)"
+                        ),
+                        finished_at=now,
+                        lease_expires_at=None,
+                    )
+                ).rowcount
+                if not failed:
+                    continue
+                reaped.append(row.id)
+                retry_at = decide(row.agent, row.attempt)
+                if retry_at is not None:
+                    self._enqueue(
+                        conn,
+                        row.task_id,
+                        reason="retry",
+                        now=now,
+                        attempt=row.attempt + 1,
+                        available_at=retry_at,
+                    )
+        return reaped
+
+    def release(self, worker: str, run_ids: Iterable[int], *, reason: str) -> list[int]:
+        """Give back runs a stopping worker cannot finish: each is closed as a retryable
+        failure and queued again at the same attempt (a stop is not the agent's fault)."""
+        ids = list(run_ids)
+        released: list[int] = []
+        if not ids:
+            return released
+        now = time.time()
+        with self._write() as conn:
+            rows = conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(ids), runs.c.worker == worker, runs.c.status == "running")
+                .values(
+                    status="failed",
+                    failure_class="retryable",
+                    failure_reason=reason,
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+                .returning(runs.c.id, runs.c.task_id, runs.c.attempt)
+            ).all()
+            for row in rows:
+                released.append(row.id)
+                self._enqueue(conn, row.task_id, reason="retry", now=now, attempt=row.attempt)
+        return released
+
+    # -- recording -----------------------------------------------------------------
+
+    def insert_steps(self, run_id: int, rows: Sequence[StepWrite]) -> None:
+        """Write finished steps now (a heartbeat flush, or a keyed step's start)."""
+        if rows:
+            with self._write() as conn:
+                self._write_steps(conn, [(run_id, s) for s in rows])
+
+    def _write_steps(self, conn: Connection, rows: Sequence[tuple[int, StepWrite]]) -> None:
+        new = [_step_values(run_id, s) for run_id, s in rows if not s.inserted]
+        done = [_step_values(run_id, s) for run_id, s in rows if s.inserted]
+        if new:
+            conn.execute(insert(steps), new)
+        if done:
+            conn.execute(
+                update(steps)
+                .where(steps.c.run_id == bindparam("b_run_id"), steps.c.seq == bindparam("b_seq"))
+                .values(
+                    output=bindparam("output"),
+                    status=bindparam("status"),
+                    error=bindparam("error"),
+                    finished_at=bindparam("finished_at"),
+                ),
+                [{**d, "b_run_id": d["run_id"], "b_seq": d["seq"]} for d in done],
+            )
+
+    def complete(self, completions: Sequence[Completion]) -> list[int]:
+        """Record finished runs (group commit): outcome, steps, trigger edges, retries.
+
+        A run's success and its trigger edges are written in the same transaction, so a
+        crash can never leave one without the other. A completion from a worker that no
+        longer holds the run (its lease expired and it was reaped) is discarded whole.
+        Returns the ids of the runs recorded.
+        """
+        if not completions:
+            return []
+        with self._write() as conn:
+            return self._complete(conn, completions)
+
+    def _complete(self, conn: Connection, completions: Sequence[Completion]) -> list[int]:
+        accepted: list[int] = []
+        step_rows: list[tuple[int, StepWrite]] = []
+        for c in completions:
+            values: dict[str, Any] = {
+                "status": "succeeded" if c.succeeded else "failed",
+                "finished_at": c.finished_at,
+                "lease_expires_at": None,
+            }
+            if c.succeeded:
+                values["output"] = c.output
+            else:
+                values["failure_class"] = c.failure_class
+                values["failure_reason"] = c.failure_reason
+            owned = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == c.run_id,
+                    runs.c.status == "running",
+                    runs.c.worker == c.worker,
+                )
+                .values(**values)
+            ).rowcount
+            if owned != 1:
+                continue
+            accepted.append(c.run_id)
+            step_rows.extend((c.run_id, s) for s in c.steps)
+            for edge in c.edges:
+                self._record_edge(conn, c, edge)
+            if c.retry_at is not None:
+                self._enqueue(
+                    conn,
+                    c.task_id,
+                    reason="retry",
+                    now=c.finished_at,
+                    attempt=c.attempt + 1,
+                    available_at=c.retry_at,
+                )
+        self._write_steps(conn, step_rows)
+        return accepted
+
+    def _record_edge(self, conn: Connection, c: Completion, edge: Edge) -> None:
+        downstream, _ = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
+        added = conn.execute(
+            self._insert_ignore(triggers).values(
+                name=edge.name,
+                upstream_task_id=c.task_id,
+                upstream_run_id=c.run_id,
+                downstream_task_id=downstream,
+                created_at=c.finished_at,
+            )
+        ).rowcount
+        if not added:
+            return
+        fired = set(
+            conn.execute(
+                select(triggers.c.name)
+                .where(
+                    triggers.c.downstream_task_id == downstream,
+                    triggers.c.name.in_(edge.requires),
+                )
+                .distinct()
+            ).scalars()
+        )
+        if fired >= set(edge.requires):
+            self._enqueue(conn, downstream, reason="trigger", now=c.finished_at)
+
+    # -- how much is left ----------------------------------------------------------
+
+    def pending(self, *, now: float | None = None) -> Pending:
+        """Counts of queued and running runs, and when the next queued one is due."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    func.count().filter(runs.c.status == "queued"),
+                    func.count().filter(runs.c.status == "running"),
+                    func.min(runs.c.available_at).filter(runs.c.status == "queued"),
+                    func.count().filter(
+                        and_(runs.c.status == "running", runs.c.lease_expires_at < now)
+                    ),
+                ).where(runs.c.status.in_(("queued", "running")))
+            ).one()
+        return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
+
+
+def _step_values(run_id: int, s: StepWrite) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "seq": s.seq,
+        "name": s.name,
+        "key": s.key,
+        "input": s.input,
+        "output": s.output,
+        "status": s.status,
+        "error": s.error,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+    }
+
+
+def _safe(url: str) -> str:
+    """A URL fit for messages: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class SQLiteStore(Store):
+    """The embedded default: one file, WAL mode, writers serialised by SQLite itself."""
+
+    dialect = "sqlite"
+
+    def _insert_ignore(self, table: Any) -> Any:
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+
+class PostgresStore(Store):
+    """PostgreSQL: concurrent workers claim with ``FOR UPDATE SKIP LOCKED``."""
+
+    dialect = "postgresql"
+
+    def _insert_ignore(self, table: Any) -> Any:
+        return pg_insert(table).on_conflict_do_nothing()
+
+    def _lock_task(self, conn: Connection, task_id: int) -> None:
+        conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+
+    def _claim_candidates(self, now: float, limit: int) -> Any:
+        return super()._claim_candidates(now, limit).with_for_update(skip_locked=True)

@@ -1,0 +1,88 @@
+"""Plain data the runtime hands to the store to write: claims, steps, completions, edges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run a worker has claimed, with what it needs to start executing it."""
+
+    run_id: int
+    task_id: int
+    agent: str
+    key: str
+    attempt: int
+    reason: str
+    note: str | None
+    lease_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepWrite:
+    """A step to insert (or, when ``inserted``, to finish) in the store."""
+
+    seq: int
+    name: str
+    key: str | None
+    input: Any
+    output: Any
+    status: str
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    inserted: bool = False
+    """True when the step was already written as running (a keyed step); then it is updated."""
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A trigger to record: the finished run's task --name--> (agent, key)."""
+
+    name: str
+    agent: str
+    key: str
+    requires: tuple[str, ...]
+    """Every trigger the downstream agent subscribes to: it runs once all have fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one run, written with its steps, edges and retry in one transaction."""
+
+    run_id: int
+    task_id: int
+    worker: str
+    attempt: int
+    succeeded: bool
+    finished_at: float
+    output: Any = None
+    failure_class: str | None = None
+    failure_reason: str | None = None
+    steps: tuple[StepWrite, ...] = ()
+    edges: tuple[Edge, ...] = ()
+    retry_at: float | None = None
+    """When set (a retryable failure under ``max_attempts``), a retry run is queued for then."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What ``submit`` did: the task, and the run it queued (None when nothing new arrived)."""
+
+    task_id: int
+    run_id: int | None
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """How much work a store still holds, for ``worker --until-idle``."""
+
+    queued: int
+    running: int
+    next_at: float | None = None
+    """When the earliest queued run becomes available."""
+    expired: int = field(default=0)
+    """Running runs whose lease has expired (their worker is presumed lost)."""
