@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tether.graph.registry import Graph
@@ -56,6 +55,37 @@ class WorkerStats:
 
 
 Listener = Callable[[Completion], None]
+
+
+class _DaemonPool:
+    """A fixed pool of daemon threads. Unlike ``ThreadPoolExecutor``, whose threads the
+    interpreter joins at exit, an aborted worker's process can exit while an agent is
+    still blocked: its run has been released in the store already."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            fn(*args)
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._jobs.put((fn, args))
+
+    def shutdown(self, *, wait: bool) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
 
 
 class Worker:
@@ -93,6 +123,8 @@ class Worker:
         self.on_complete = on_complete
         self.stats = WorkerStats()
         self._executor = Executor(store, graph)
+        # Only this graph's agents: work queued for other teams' agents is theirs to run.
+        self._agents = frozenset(graph.agents)
         self._done: queue.Queue[Completion] = queue.Queue()
         self._inflight: dict[int, StepRecorder] = {}
         self._inflight_lock = threading.Lock()
@@ -125,7 +157,7 @@ class Worker:
         running anywhere in the store). After a stop, waits up to ``grace`` seconds
         (default: the lease) for runs in flight, then releases what is left."""
         grace = self.lease_seconds if grace is None else grace
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tether-run")
+        pool = _DaemonPool(self.concurrency, "tether-run")
         heartbeat = threading.Thread(target=self._heartbeat, name="tether-heartbeat", daemon=True)
         heartbeat.start()
         next_reap = 0.0
@@ -138,7 +170,11 @@ class Worker:
                 claims: list[Claim] = []
                 if completions or free > 0:
                     accepted, claims = self.store.exchange(
-                        completions, worker=self.id, limit=free, lease_seconds=self.lease_seconds
+                        completions,
+                        worker=self.id,
+                        limit=free,
+                        lease_seconds=self.lease_seconds,
+                        agents=self._agents,
                     )
                     self._recorded(completions, set(accepted))
                     for claim in claims:
@@ -157,7 +193,7 @@ class Worker:
                     continue  # busy: go round again at once
                 now = time.time()
                 if now >= next_reap:
-                    self.stats.reaped += len(self.store.reap(self._executor.retry_at))
+                    self._reap()
                     next_reap = now + min(self.poll_interval * 5, self.lease_seconds / 2)
                 if until_idle and self.inflight == 0 and self._idle():
                     break
@@ -165,7 +201,7 @@ class Worker:
                 self._wake.clear()
         finally:
             self._stop.set()
-            pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not self._abort.is_set())
             leftovers = self._drain()
             if leftovers:
                 accepted, _ = self.store.exchange(
@@ -177,17 +213,20 @@ class Worker:
         return self.stats
 
     def _idle(self) -> bool:
-        pending = self.store.pending()
+        pending = self.store.pending(agents=self._agents)
         if pending.queued == 0 and pending.running == 0:
             return True
         if pending.expired:
-            self.stats.reaped += len(self.store.reap(self._executor.retry_at))
+            self._reap()
         return False
+
+    def _reap(self) -> None:
+        self.stats.reaped += len(self.store.reap(self._executor.retry_at, agents=self._agents))
 
     def _sleep_for(self, until_idle: bool) -> float:
         if not until_idle:
             return self.poll_interval
-        nxt = self.store.pending().next_at
+        nxt = self.store.pending(agents=self._agents).next_at
         if nxt is None:
             return self.poll_interval
         return max(0.001, min(self.poll_interval, nxt - time.time()))
@@ -219,7 +258,7 @@ class Worker:
 
     # -- executing -----------------------------------------------------------------
 
-    def _dispatch(self, pool: ThreadPoolExecutor, claim: Claim) -> None:
+    def _dispatch(self, pool: _DaemonPool, claim: Claim) -> None:
         recorder = self._executor.recorder(claim)
         with self._inflight_lock:
             self._inflight[claim.run_id] = recorder

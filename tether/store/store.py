@@ -9,7 +9,7 @@ and locking a task row while a join decides whether to run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -109,12 +109,18 @@ class Store(StoreReads):
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         """Hold the task's row until commit, so concurrent joins decide one at a time."""
 
-    def _claim_candidates(self, now: float, limit: int) -> Any:
+    def _claim_candidates(
+        self, now: float, limit: int, agents: Collection[str] | None = None
+    ) -> Any:
         r = runs.alias("r")
         busy = runs.alias("busy")
+        q = select(r.c.id)
+        if agents is not None:
+            # A worker claims only runs of agents it has: another team's worker on the same
+            # store must not fail this team's work as "unknown agent".
+            q = q.join(tasks, tasks.c.id == r.c.task_id).where(tasks.c.agent.in_(list(agents)))
         return (
-            select(r.c.id)
-            .where(
+            q.where(
                 r.c.status == "queued",
                 r.c.available_at <= now,
                 # One run at a time per task: a retry or new input waits for the running one.
@@ -164,7 +170,8 @@ class Store(StoreReads):
             self._lock_task(conn, found)
             return found, False
         stmt = self._insert_ignore(tasks).values(agent=agent, key=key, created_at=now)
-        inserted = conn.execute(stmt).rowcount == 1
+        # RETURNING, not rowcount: with implicit RETURNING psycopg reports rowcount -1.
+        inserted = conn.execute(stmt.returning(tasks.c.id)).first() is not None
         task_id = conn.execute(
             select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
         ).scalar_one()
@@ -220,11 +227,19 @@ class Store(StoreReads):
     # -- claiming and leases -------------------------------------------------------
 
     def claim(
-        self, worker: str, *, limit: int, lease_seconds: float, now: float | None = None
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        agents: Collection[str] | None = None,
+        now: float | None = None,
     ) -> list[Claim]:
-        """Claim up to ``limit`` available queued runs for ``worker``, in one transaction."""
-        return self.exchange((), worker=worker, limit=limit, lease_seconds=lease_seconds,
-                             now=now)[1]
+        """Claim up to ``limit`` available queued runs for ``worker`` (of ``agents`` only,
+        when given), in one transaction."""
+        return self.exchange(
+            (), worker=worker, limit=limit, lease_seconds=lease_seconds, agents=agents, now=now
+        )[1]
 
     def exchange(
         self,
@@ -233,6 +248,7 @@ class Store(StoreReads):
         worker: str,
         limit: int,
         lease_seconds: float,
+        agents: Collection[str] | None = None,
         now: float | None = None,
     ) -> tuple[list[int], list[Claim]]:
         """Record finished runs and claim new ones in a single transaction.
@@ -244,18 +260,33 @@ class Store(StoreReads):
             return [], []
         with self._write() as conn:
             accepted = self._complete(conn, completions) if completions else []
-            claims = self._claim(conn, worker, limit, lease_seconds, now) if limit > 0 else []
+            claims = (
+                self._claim(conn, worker, limit, lease_seconds, agents, now) if limit > 0 else []
+            )
         return accepted, claims
 
     def _claim(
-        self, conn: Connection, worker: str, limit: int, lease_seconds: float, now: float | None
+        self,
+        conn: Connection,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        agents: Collection[str] | None,
+        now: float | None,
     ) -> list[Claim]:
         now = time.time() if now is None else now
         lease = now + lease_seconds
-        candidates = self._claim_candidates(now, limit).scalar_subquery()
+        # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
+        # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP
+        # LOCKED would no longer bound how many runs one claim takes.
+        candidates = (
+            self._claim_candidates(now, limit, agents)
+            .cte("candidates")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
         stmt = (
             update(runs)
-            .where(runs.c.id.in_(candidates), runs.c.status == "queued")
+            .where(runs.c.id.in_(select(candidates.c.id)), runs.c.status == "queued")
             .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
             .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
         )
@@ -301,7 +332,9 @@ class Store(StoreReads):
             ).scalars()
             return set(held)
 
-    def reap(self, decide: Decide, *, now: float | None = None) -> list[int]:
+    def reap(
+        self, decide: Decide, *, agents: Collection[str] | None = None, now: float | None = None
+    ) -> list[int]:
         """Fail runs whose lease expired (their worker is lost) and queue their retries.
 
         ``decide(agent, attempt)`` gives the retry time, or None when attempts are spent.
@@ -313,6 +346,9 @@ class Store(StoreReads):
             .join(tasks, tasks.c.id == runs.c.task_id)
             .where(runs.c.status == "running", runs.c.lease_expires_at < now)
         )
+        if agents is not None:
+            # Only runs whose retry rule this worker knows.
+            expired_q = expired_q.where(tasks.c.agent.in_(list(agents)))
         with self.engine.connect() as conn:
             if conn.execute(expired_q.limit(1)).first() is None:
                 return []  # the common case: one cheap read, no write lock
@@ -468,8 +504,9 @@ class Store(StoreReads):
                 downstream_task_id=downstream,
                 created_at=c.finished_at,
             )
-        ).rowcount
-        if not added:
+            .returning(triggers.c.id)
+        ).first()
+        if added is None:
             return
         fired = set(
             conn.execute(
@@ -486,20 +523,22 @@ class Store(StoreReads):
 
     # -- how much is left ----------------------------------------------------------
 
-    def pending(self, *, now: float | None = None) -> Pending:
-        """Counts of queued and running runs, and when the next queued one is due."""
+    def pending(
+        self, *, agents: Collection[str] | None = None, now: float | None = None
+    ) -> Pending:
+        """Counts of queued and running runs (of ``agents`` only, when given), and when the
+        next queued one is due."""
         now = time.time() if now is None else now
+        q = select(
+            func.count().filter(runs.c.status == "queued"),
+            func.count().filter(runs.c.status == "running"),
+            func.min(runs.c.available_at).filter(runs.c.status == "queued"),
+            func.count().filter(and_(runs.c.status == "running", runs.c.lease_expires_at < now)),
+        ).where(runs.c.status.in_(("queued", "running")))
+        if agents is not None:
+            q = q.join(tasks, tasks.c.id == runs.c.task_id).where(tasks.c.agent.in_(list(agents)))
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    func.count().filter(runs.c.status == "queued"),
-                    func.count().filter(runs.c.status == "running"),
-                    func.min(runs.c.available_at).filter(runs.c.status == "queued"),
-                    func.count().filter(
-                        and_(runs.c.status == "running", runs.c.lease_expires_at < now)
-                    ),
-                ).where(runs.c.status.in_(("queued", "running")))
-            ).one()
+            row = conn.execute(q).one()
         return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
 
 
@@ -545,5 +584,8 @@ class PostgresStore(Store):
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
 
-    def _claim_candidates(self, now: float, limit: int) -> Any:
-        return super()._claim_candidates(now, limit).with_for_update(skip_locked=True)
+    def _claim_candidates(
+        self, now: float, limit: int, agents: Collection[str] | None = None
+    ) -> Any:
+        candidates = super()._claim_candidates(now, limit, agents)
+        return candidates.with_for_update(skip_locked=True, of=candidates.selected_columns[0].table)
