@@ -109,6 +109,7 @@ class StepHandle:
                 self.output = to_json(self.output, what=f"step {self.name!r} output")
             except Exception:
                 self.status = "failed"
+                self.output = None  # what cannot be stored must not reach the store
                 self._recorder.finished(
                     self._write(inserted=self.key is not None, finished=True, error="output "
                                 "cannot be stored as JSON")

@@ -7,6 +7,8 @@ reader upgrades to a writer. ``durability="full"`` syncs every commit (``synchro
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,21 @@ def dialect_of(url: str) -> str:
     return name
 
 
+def _set_wal(cur: Any) -> None:
+    """Switch to WAL mode. Switching needs an exclusive lock and SQLite does not wait for
+    it (no busy handler), so connections opening a fresh file at once retry here instead
+    of failing with "database is locked"."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def sqlite_engine(url: str, *, durability: str = "full") -> Engine:
     """An engine on a SQLite file, created (with its folder) if missing."""
     parsed = make_url(url)
@@ -58,7 +75,7 @@ def sqlite_engine(url: str, *, durability: str = "full") -> Engine:
         # Take transaction control away from the driver so BEGIN is ours to issue.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

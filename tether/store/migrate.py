@@ -43,11 +43,18 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` in one transaction."""
     from alembic import command
 
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two processes opening a fresh database at once: one migrates, one waits.
-            conn.execute(text("SELECT pg_advisory_xact_lock(7245113)"))
-        command.upgrade(_config(conn), revision)  # type: ignore[arg-type]
+    from tether.store.engine import WRITE
+
+    with engine.connect() as conn:
+        # SQLite: BEGIN IMMEDIATE, so two processes opening a fresh store at once queue on
+        # the write lock (the second then finds the schema current) instead of failing with
+        # "database is locked" when a read transaction tries to become a write.
+        conn.execution_options(**{WRITE: True})
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                # Two processes opening a fresh database at once: one migrates, one waits.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7245113)"))
+            command.upgrade(_config(conn), revision)  # type: ignore[arg-type]
 
 
 def ensure_current(engine: Engine) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tether.config import Settings
 from tether.errors import StoreError
-from tether.jsonable import canonical
+from tether.jsonable import canonical, to_json
 from tether.store import migrate
 from tether.store.engine import WRITE, dialect_of, make_engine
 from tether.store.reads import StoreReads
@@ -147,8 +147,13 @@ class Store(StoreReads):
         Idempotent: submitting an existing task again queues nothing, unless ``input``
         differs from the latest input it received; then the input is attached (in order,
         with its time) and a new run is queued.
+
+        Raises:
+            OutputError: ``input`` cannot be stored as JSON (the message names the field).
         """
         now = time.time() if now is None else now
+        if input is not _MISSING:
+            input = to_json(input, what="input")
         with self._write() as conn:
             task_id, created = self._upsert_task(conn, agent, key, now)
             new_info = False

@@ -1,0 +1,149 @@
+"""Claiming queued runs: a lease, an order, no run claimed twice, leases renewed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from tether import Store, TaskStatus
+from tether.store import Claim, RunStatus
+
+
+def test_claim_marks_the_run_running_with_a_lease(store: Store) -> None:
+    sub = store.submit("quote", "case-1", now=100.0)
+
+    [claim] = store.claim("w1", limit=10, lease_seconds=30, now=150.0)
+
+    assert (claim.run_id, claim.task_id, claim.agent, claim.key, claim.attempt) == (
+        sub.run_id,
+        sub.task_id,
+        "quote",
+        "case-1",
+        1,
+    )
+    assert claim.lease_expires_at == 180.0
+    run = store.get_run(claim.run_id)
+    assert run.status == RunStatus.RUNNING
+    assert (run.worker, run.started_at, run.lease_expires_at) == ("w1", 150.0, 180.0)
+    assert store.get_task(sub.task_id).status == TaskStatus.RUNNING
+
+
+def test_a_claimed_run_is_not_claimed_again(store: Store) -> None:
+    store.submit("quote", "case-1")
+
+    first = store.claim("w1", limit=10, lease_seconds=30)
+    second = store.claim("w2", limit=10, lease_seconds=30)
+
+    assert len(first) == 1
+    assert second == []
+    assert store.get_run(first[0].run_id).worker == "w1"
+
+
+def test_claim_takes_at_most_limit_runs_oldest_available_first(store: Store) -> None:
+    subs = [store.submit("quote", f"case-{i}", now=100.0 + (5 - i)) for i in range(5)]
+    # available_at: case-4 at 101, case-3 at 102, ... case-0 at 105.
+
+    claims = store.claim("w1", limit=2, lease_seconds=30, now=200.0)
+
+    assert {c.key for c in claims} == {"case-4", "case-3"}
+    rest = store.claim("w1", limit=10, lease_seconds=30, now=200.0)
+    assert {c.key for c in rest} == {"case-2", "case-1", "case-0"}
+    assert {c.run_id for c in claims + rest} == {s.run_id for s in subs}
+
+
+def test_a_run_is_not_claimed_before_it_is_available(store: Store) -> None:
+    store.submit("quote", "case-1", now=100.0)
+
+    assert store.claim("w1", limit=1, lease_seconds=30, now=99.0) == []
+    assert len(store.claim("w1", limit=1, lease_seconds=30, now=100.0)) == 1
+
+
+def test_claim_with_nothing_queued_returns_nothing(store: Store) -> None:
+    assert store.claim("w1", limit=5, lease_seconds=30) == []
+    assert store.exchange([], worker="w1", limit=0, lease_seconds=30) == ([], [])
+
+
+def test_concurrent_claims_never_return_the_same_run(store_url: str) -> None:
+    setup = Store.open(store_url)
+    for i in range(60):
+        setup.submit("quote", f"case-{i}")
+    setup.close()
+
+    # Each thread has its own store (its own pool), as separate worker processes would.
+    stores = [Store.open(store_url) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    claimed: list[list[Claim]] = [[] for _ in stores]
+    errors: list[BaseException] = []
+
+    def claim_all(i: int) -> None:
+        try:
+            barrier.wait()
+            while batch := stores[i].claim(f"w{i}", limit=3, lease_seconds=30):
+                claimed[i].extend(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.close()
+
+    assert errors == []
+    ids = Counter(c.run_id for batch in claimed for c in batch)
+    assert [run_id for run_id, n in ids.items() if n > 1] == []
+    assert len(ids) == 60
+    # The store agrees: every run is running, owned by the worker that got its claim.
+    check = Store.open(store_url)
+    try:
+        owner = {c.run_id: f"w{i}" for i, batch in enumerate(claimed) for c in batch}
+        for task in check.list_tasks(limit=100):
+            [run] = check.runs_of(task.id)
+            assert run.status == RunStatus.RUNNING
+            assert run.worker == owner[run.id]
+    finally:
+        check.close()
+
+
+def test_renew_extends_only_the_leases_the_worker_still_holds(store: Store) -> None:
+    store.submit("quote", "a", now=100.0)
+    store.submit("quote", "b", now=100.0)
+    store.submit("quote", "c", now=100.0)
+    [a] = store.claim("w1", limit=1, lease_seconds=1, now=100.0)
+    [b] = store.claim("w2", limit=1, lease_seconds=1, now=100.0)
+
+    held = store.renew("w1", [a.run_id, b.run_id, 999_999], lease_seconds=60)
+
+    assert held == {a.run_id}
+    lease = store.get_run(a.run_id).lease_expires_at
+    assert lease is not None and lease > time.time() + 50
+    assert store.get_run(b.run_id).lease_expires_at == 101.0
+    assert store.renew("w1", [], lease_seconds=60) == set()
+
+
+def test_claim_can_be_limited_to_some_agents(store: Store) -> None:
+    store.submit("quote", "case-1", now=100.0)
+    store.submit("kyc", "case-1", now=100.0)
+    store.submit("risk", "case-1", now=100.0)
+
+    mine = store.claim("w1", limit=10, lease_seconds=30, agents={"quote", "risk"}, now=100.0)
+    none = store.claim("w2", limit=10, lease_seconds=30, agents=set(), now=100.0)
+    rest = store.claim("w3", limit=10, lease_seconds=30, now=100.0)
+
+    assert sorted(c.agent for c in mine) == ["quote", "risk"]
+    assert none == []
+    assert [c.agent for c in rest] == ["kyc"]
+
+
+def test_an_agent_filtered_claim_still_respects_the_limit(store: Store) -> None:
+    for i in range(5):
+        store.submit("quote", f"case-{i}", now=100.0)
+        store.submit("kyc", f"case-{i}", now=100.0)
+
+    claims = store.claim("w1", limit=2, lease_seconds=30, agents=["quote"], now=100.0)
+
+    assert [c.agent for c in claims] == ["quote", "quote"]
+    assert store.pending(agents=["quote"], now=100.0).queued == 3

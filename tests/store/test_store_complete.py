@@ -1,0 +1,340 @@
+"""Recording outcomes: run, steps, trigger edges and retries in one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tether import StoreError, TaskStatus
+from tether.store import (
+    Claim,
+    Completion,
+    Edge,
+    FailureClass,
+    RunStatus,
+    StepWrite,
+    Store,
+)
+
+
+def _claim(store: Store, agent: str, key: str, worker: str = "w1", now: float = 100.0) -> Claim:
+    store.submit(agent, key, now=now)
+    [claim] = store.claim(worker, limit=1, lease_seconds=30, now=now)
+    return claim
+
+
+def _step(seq: int, name: str, **kw: Any) -> StepWrite:
+    values: dict[str, Any] = {
+        "key": None,
+        "input": None,
+        "output": None,
+        "status": "succeeded",
+        "error": None,
+        "started_at": 100.0 + seq,
+        "finished_at": 100.5 + seq,
+    }
+    values.update(kw)
+    return StepWrite(seq=seq, name=name, **values)
+
+
+def _done(claim: Claim, worker: str = "w1", **kw: Any) -> Completion:
+    values: dict[str, Any] = {"succeeded": True, "finished_at": 110.0}
+    values.update(kw)
+    return Completion(
+        run_id=claim.run_id,
+        task_id=claim.task_id,
+        worker=worker,
+        attempt=claim.attempt,
+        **values,
+    )
+
+
+def test_success_records_output_steps_and_edges(store: Store) -> None:
+    claim = _claim(store, "kyc", "case-1")
+    completion = _done(
+        claim,
+        output={"verdict": "clear"},
+        steps=(
+            _step(1, "fetch id", input={"doc": 1}, output={"name": "Ada"}),
+            _step(2, "check list", output=["ok"]),
+        ),
+        edges=(Edge(name="kyc.cleared", agent="quote", key="case-1", requires=("kyc.cleared",)),),
+    )
+
+    assert store.complete([completion]) == [claim.run_id]
+
+    run = store.get_run(claim.run_id)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.output == {"verdict": "clear"}
+    assert run.finished_at == 110.0
+    assert run.lease_expires_at is None
+    assert (run.failure_class, run.failure_reason) == (None, None)
+    assert [(s.seq, s.name, s.input, s.output, s.status) for s in run.steps] == [
+        (1, "fetch id", {"doc": 1}, {"name": "Ada"}, "succeeded"),
+        (2, "check list", None, ["ok"], "succeeded"),
+    ]
+    assert run.steps[0].duration == pytest.approx(0.5)
+    down = store.get_task("quote/case-1")
+    assert down.status == TaskStatus.QUEUED
+    [edge] = store.triggers_out(claim.task_id)
+    assert (edge.name, edge.upstream_run_id, edge.downstream_task_id) == (
+        "kyc.cleared",
+        claim.run_id,
+        down.id,
+    )
+    assert (edge.upstream_ref, edge.downstream_ref) == ("kyc/case-1", "quote/case-1")
+    assert store.triggers_in(down.id) == [edge]
+    assert store.all_triggers() == [edge]
+    [down_run] = store.runs_of(down.id)
+    assert (down_run.reason, down_run.attempt, down_run.available_at) == ("trigger", 1, 110.0)
+    assert store.upstream_outputs(down.id) == {
+        "kyc.cleared": ("kyc/case-1", {"verdict": "clear"})
+    }
+
+
+def test_an_edge_can_name_another_key_downstream(store: Store) -> None:
+    claim = _claim(store, "kyc", "case-1")
+
+    store.complete(
+        [_done(claim, edges=(Edge("kyc.cleared", "onboard", "customer-9", ("kyc.cleared",)),))]
+    )
+
+    down = store.get_task("onboard/customer-9")
+    assert [t.upstream_ref for t in store.triggers_in(down.id)] == ["kyc/case-1"]
+
+
+def test_failure_records_class_and_reason_and_queues_the_retry(store: Store) -> None:
+    claim = _claim(store, "kyc", "case-1")
+
+    accepted = store.complete(
+        [
+            _done(
+                claim,
+                succeeded=False,
+                failure_class="retryable",
+                failure_reason="HTTPStatusError: 503",
+                steps=(_step(1, "call registry", status="failed", error="HTTPStatusError: 503"),),
+                retry_at=125.0,
+            )
+        ]
+    )
+
+    assert accepted == [claim.run_id]
+    first, retry = store.runs_of(claim.task_id)
+    assert first.status == RunStatus.FAILED
+    assert first.failure_class == FailureClass.RETRYABLE
+    assert first.failure_reason == "HTTPStatusError: 503"
+    assert first.output is None
+    assert [(s.status, s.error) for s in first.steps] == [("failed", "HTTPStatusError: 503")]
+    assert (retry.status, retry.reason, retry.attempt) == (RunStatus.QUEUED, "retry", 2)
+    assert (retry.created_at, retry.available_at) == (110.0, 125.0)
+    assert store.get_task(claim.task_id).status == TaskStatus.RETRYING
+    # Not claimable before its time; then claimed as attempt 2.
+    assert store.claim("w1", limit=1, lease_seconds=30, now=124.0) == []
+    [again] = store.claim("w1", limit=1, lease_seconds=30, now=125.0)
+    assert (again.run_id, again.attempt, again.reason) == (retry.id, 2, "retry")
+
+
+def test_terminal_failure_queues_nothing(store: Store) -> None:
+    claim = _claim(store, "kyc", "case-1")
+
+    store.complete(
+        [_done(claim, succeeded=False, failure_class="terminal", failure_reason="sanctions hit")]
+    )
+
+    [run] = store.runs_of(claim.task_id)
+    assert (run.status, run.failure_class) == (RunStatus.FAILED, FailureClass.TERMINAL)
+    assert store.get_task(claim.task_id).status == TaskStatus.FAILED
+    assert store.pending().queued == 0
+
+
+def test_completion_from_a_worker_that_does_not_own_the_run_is_discarded_whole(
+    store: Store,
+) -> None:
+    claim = _claim(store, "kyc", "case-1", worker="w1")
+    impostor = _done(
+        claim,
+        worker="w2",
+        output={"verdict": "clear"},
+        steps=(_step(1, "fetch id"),),
+        edges=(Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),),
+    )
+
+    assert store.complete([impostor]) == []
+
+    run = store.get_run(claim.run_id)
+    assert (run.status, run.worker, run.output, run.steps) == (RunStatus.RUNNING, "w1", None, ())
+    assert store.all_triggers() == []
+    assert [t.ref for t in store.list_tasks()] == ["kyc/case-1"]
+
+
+def test_completion_after_the_run_was_reaped_is_discarded_whole(store: Store) -> None:
+    claim = _claim(store, "kyc", "case-1", worker="w1", now=100.0)
+    assert store.reap(lambda agent, attempt: None, now=200.0) == [claim.run_id]
+
+    late = _done(
+        claim,
+        output={"verdict": "clear"},
+        steps=(_step(1, "fetch id"),),
+        edges=(Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),),
+    )
+    accepted, _ = store.exchange([late], worker="w1", limit=0, lease_seconds=30)
+
+    assert accepted == []
+    run = store.get_run(claim.run_id)
+    assert run.status == RunStatus.FAILED
+    assert run.failure_reason is not None and run.failure_reason.startswith("worker lost")
+    assert run.output is None and run.steps == ()
+    assert store.all_triggers() == []
+    assert [t.ref for t in store.list_tasks()] == ["kyc/case-1"]
+
+
+def test_a_completion_delivered_twice_records_one_edge_and_one_downstream_run(
+    store: Store,
+) -> None:
+    claim = _claim(store, "kyc", "case-1")
+    completion = _done(
+        claim,
+        output={"ok": 1},
+        steps=(_step(1, "fetch id"),),
+        edges=(Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),),
+    )
+
+    assert store.complete([completion, completion]) == [claim.run_id]
+    assert store.complete([completion]) == []
+
+    assert len(store.all_triggers()) == 1
+    assert len(store.get_run(claim.run_id).steps) == 1
+    down = store.get_task("quote/case-1")
+    assert len(store.runs_of(down.id)) == 1
+
+
+def test_a_join_queues_the_downstream_run_once_every_required_trigger_fired(
+    store: Store,
+) -> None:
+    requires = ("kyc.cleared", "risk.scored")
+    kyc = _claim(store, "kyc", "case-1")
+    store.complete([_done(kyc, edges=(Edge("kyc.cleared", "quote", "case-1", requires),))])
+
+    quote = store.get_task("quote/case-1")
+    assert quote.status == TaskStatus.WAITING
+    assert quote.runs == 0
+    assert store.pending().queued == 0
+
+    # The same trigger firing again (a later kyc run) does not complete the join.
+    store.submit("kyc", "case-1", {"new": "info"})
+    [kyc2] = store.claim("w1", limit=1, lease_seconds=30)
+    store.complete([_done(kyc2, edges=(Edge("kyc.cleared", "quote", "case-1", requires),))])
+    assert store.get_task(quote.id).status == TaskStatus.WAITING
+
+    risk = _claim(store, "risk", "case-1")
+    store.complete([_done(risk, output={"score": 3},
+                          edges=(Edge("risk.scored", "quote", "case-1", requires),))])
+
+    [run] = store.runs_of(quote.id)
+    assert (run.reason, run.status) == ("trigger", RunStatus.QUEUED)
+    assert {t.name for t in store.triggers_in(quote.id)} == set(requires)
+    assert len(store.triggers_in(quote.id)) == 3
+
+
+def test_both_halves_of_a_join_in_one_batch_queue_one_run(store: Store) -> None:
+    requires = ("a.done", "b.done")
+    store.submit("a", "k", now=100.0)
+    store.submit("b", "k", now=100.0)
+    claims = store.claim("w1", limit=2, lease_seconds=30, now=100.0)
+    by_agent = {c.agent: c for c in claims}
+
+    store.complete(
+        [
+            _done(by_agent["a"], edges=(Edge("a.done", "c", "k", requires),)),
+            _done(by_agent["b"], edges=(Edge("b.done", "c", "k", requires),)),
+        ]
+    )
+
+    down = store.get_task("c/k")
+    assert [r.reason for r in store.runs_of(down.id)] == ["trigger"]
+
+
+def test_a_keyed_step_written_as_running_is_finished_in_place(store: Store) -> None:
+    claim = _claim(store, "quote", "case-1")
+    store.insert_steps(
+        claim.run_id,
+        [_step(1, "email broker", key="email-1", status="running", finished_at=None)],
+    )
+    assert [s.status for s in store.get_run(claim.run_id).steps] == ["running"]
+
+    store.complete(
+        [
+            _done(
+                claim,
+                steps=(
+                    _step(1, "email broker", key="email-1", output={"id": "m1"}, inserted=True),
+                    _step(2, "log"),
+                ),
+            )
+        ]
+    )
+
+    steps = store.get_run(claim.run_id).steps
+    assert [(s.seq, s.key, s.status, s.output) for s in steps] == [
+        (1, "email-1", "succeeded", {"id": "m1"}),
+        (2, None, "succeeded", None),
+    ]
+    assert steps[0].finished_at == 101.5
+
+
+def test_a_failed_write_records_nothing_of_the_batch(store: Store) -> None:
+    """Outcome, steps and edges share one transaction: when one part fails, none lands."""
+    claim = _claim(store, "kyc", "case-1")
+    broken = _done(
+        claim,
+        output={"ok": 1},
+        steps=(_step(1, "a"), _step(1, "duplicate seq")),
+        edges=(Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),),
+    )
+
+    with pytest.raises(StoreError, match="store write failed"):
+        store.complete([broken])
+
+    run = store.get_run(claim.run_id)
+    assert (run.status, run.output, run.steps) == (RunStatus.RUNNING, None, ())
+    assert store.all_triggers() == []
+    assert [t.ref for t in store.list_tasks()] == ["kyc/case-1"]
+
+
+def test_exchange_records_and_claims_in_one_call(store: Store) -> None:
+    first = _claim(store, "kyc", "case-1", now=100.0)
+    store.submit("kyc", "case-2", now=100.0)
+
+    accepted, claims = store.exchange(
+        [_done(first, edges=(Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),))],
+        worker="w1",
+        limit=5,
+        lease_seconds=30,
+        now=120.0,
+    )
+
+    assert accepted == [first.run_id]
+    # The triggered downstream run (available at 110) and the queued case-2 run.
+    assert sorted(c.key for c in claims) == ["case-1", "case-2"]
+    assert {c.agent for c in claims} == {"kyc", "quote"}
+    assert all(c.lease_expires_at == 150.0 for c in claims)
+
+
+def test_upstream_outputs_give_the_newest_firing_of_each_trigger(store: Store) -> None:
+    edge = (Edge("kyc.cleared", "quote", "case-1", ("kyc.cleared",)),)
+    first = _claim(store, "kyc", "case-1")
+    store.complete([_done(first, output={"v": 1}, edges=edge)])
+    store.submit("kyc", "case-1", {"new": "document"})
+    [second] = store.claim("w1", limit=1, lease_seconds=30, agents=["kyc"])
+    assert second.task_id == first.task_id
+
+    store.complete([_done(second, output={"v": 2}, edges=edge)])
+
+    down = store.get_task("quote/case-1")
+    assert store.upstream_outputs(down.id) == {"kyc.cleared": ("kyc/case-1", {"v": 2})}
+    assert [t.upstream_run_id for t in store.triggers_in(down.id)] == [
+        first.run_id,
+        second.run_id,
+    ]

@@ -1,0 +1,226 @@
+"""Submitting work: tasks are idempotent by (agent, key); new input starts a new run."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+
+import pytest
+
+from tether import OutputError, Store, TaskStatus
+from tether.store import Completion, RunStatus
+
+
+def _finish(store: Store, worker: str = "w1") -> int:
+    """Claim the one available run and record it as succeeded; returns its id."""
+    [claim] = store.claim(worker, limit=1, lease_seconds=30)
+    accepted = store.complete(
+        [
+            Completion(
+                run_id=claim.run_id,
+                task_id=claim.task_id,
+                worker=worker,
+                attempt=claim.attempt,
+                succeeded=True,
+                finished_at=claim.lease_expires_at - 29,
+                output={"ok": True},
+            )
+        ]
+    )
+    assert accepted == [claim.run_id]
+    return claim.run_id
+
+
+def test_submit_creates_a_task_and_queues_one_run(store: Store) -> None:
+    sub = store.submit("quote", "case-1", now=100.0)
+
+    assert sub.created is True
+    assert sub.run_id is not None
+    [run] = store.runs_of(sub.task_id)
+    assert run.id == sub.run_id
+    assert (run.attempt, run.reason, run.status) == (1, "submitted", RunStatus.QUEUED)
+    assert run.created_at == run.available_at == 100.0
+    task = store.get_task(sub.task_id)
+    assert (task.agent, task.key, task.status, task.runs) == ("quote", "case-1", "queued", 1)
+
+
+def test_submitting_the_same_key_twice_gives_one_task_and_one_run(store: Store) -> None:
+    first = store.submit("quote", "case-1")
+    second = store.submit("quote", "case-1")
+
+    assert second.task_id == first.task_id
+    assert second.created is False
+    assert second.run_id is None
+    assert len(store.list_tasks()) == 1
+    assert len(store.runs_of(first.task_id)) == 1
+
+
+def test_same_key_for_another_agent_is_another_task(store: Store) -> None:
+    a = store.submit("quote", "case-1")
+    b = store.submit("kyc", "case-1")
+
+    assert a.task_id != b.task_id
+    assert b.created is True and b.run_id is not None
+
+
+def test_resubmitting_after_success_without_new_input_queues_nothing(store: Store) -> None:
+    sub = store.submit("quote", "case-1", {"amount": 10})
+    _finish(store)
+
+    again = store.submit("quote", "case-1")
+    same = store.submit("quote", "case-1", {"amount": 10})
+
+    assert again.run_id is None and same.run_id is None
+    assert [r.status for r in store.runs_of(sub.task_id)] == [RunStatus.SUCCEEDED]
+    assert len(store.inputs(sub.task_id)) == 1
+
+
+def test_same_input_in_another_key_order_is_not_new(store: Store) -> None:
+    sub = store.submit("quote", "case-1", {"a": 1, "b": [1, 2]})
+    _finish(store)
+
+    again = store.submit("quote", "case-1", {"b": [1, 2], "a": 1})
+
+    assert again.run_id is None
+    assert len(store.inputs(sub.task_id)) == 1
+
+
+def test_new_input_is_attached_in_order_and_starts_a_new_run(store: Store) -> None:
+    sub = store.submit("quote", "case-1", {"amount": 10}, now=100.0)
+    first_run = _finish(store)
+
+    later = store.submit("quote", "case-1", {"amount": 10, "broker_reply": "yes"}, now=200.0)
+
+    assert later.task_id == sub.task_id
+    assert later.created is False
+    assert later.run_id is not None and later.run_id != first_run
+    inputs = store.inputs(sub.task_id)
+    assert [(i.seq, i.data, i.received_at) for i in inputs] == [
+        (1, {"amount": 10}, 100.0),
+        (2, {"amount": 10, "broker_reply": "yes"}, 200.0),
+    ]
+    runs = store.runs_of(sub.task_id)
+    assert [(r.status, r.reason, r.attempt) for r in runs] == [
+        (RunStatus.SUCCEEDED, "submitted", 1),
+        (RunStatus.QUEUED, "submitted", 1),
+    ]
+    assert store.get_task(sub.task_id).status == TaskStatus.QUEUED
+
+
+def test_new_input_while_a_run_is_queued_is_attached_without_a_second_run(store: Store) -> None:
+    sub = store.submit("quote", "case-1", {"v": 1})
+
+    again = store.submit("quote", "case-1", {"v": 2})
+
+    assert again.run_id is None
+    assert [i.data for i in store.inputs(sub.task_id)] == [{"v": 1}, {"v": 2}]
+    assert len(store.runs_of(sub.task_id)) == 1
+
+
+def test_input_that_returns_to_an_earlier_value_is_new_information(store: Store) -> None:
+    sub = store.submit("quote", "case-1", {"v": 1})
+    _finish(store)
+    store.submit("quote", "case-1", {"v": 2})
+    _finish(store)
+
+    back = store.submit("quote", "case-1", {"v": 1})
+
+    assert back.run_id is not None
+    assert [i.seq for i in store.inputs(sub.task_id)] == [1, 2, 3]
+
+
+def test_new_input_while_running_queues_a_run_that_waits_for_the_running_one(
+    store: Store,
+) -> None:
+    sub = store.submit("quote", "case-1", {"v": 1})
+    [running] = store.claim("w1", limit=5, lease_seconds=30)
+
+    later = store.submit("quote", "case-1", {"v": 2})
+
+    assert later.run_id is not None
+    # One run at a time per task: the new run is not claimable while the first runs.
+    assert store.claim("w2", limit=5, lease_seconds=30) == []
+    store.complete(
+        [
+            Completion(
+                run_id=running.run_id,
+                task_id=sub.task_id,
+                worker="w1",
+                attempt=1,
+                succeeded=True,
+                finished_at=running.lease_expires_at - 29,
+            )
+        ]
+    )
+    [next_claim] = store.claim("w2", limit=5, lease_seconds=30)
+    assert next_claim.run_id == later.run_id
+
+
+def test_submit_keeps_reason_and_note(store: Store) -> None:
+    sub = store.submit("quote", "case-1", reason="operator", note="broker called back")
+
+    [run] = store.runs_of(sub.task_id)
+    assert (run.reason, run.note) == ("operator", "broker called back")
+    [claim] = store.claim("w1", limit=1, lease_seconds=30)
+    assert (claim.agent, claim.key, claim.reason, claim.note) == (
+        "quote",
+        "case-1",
+        "operator",
+        "broker called back",
+    )
+
+
+def test_none_is_an_input_distinct_from_no_input(store: Store) -> None:
+    sub = store.submit("quote", "case-1", None)
+
+    assert [(i.seq, i.data) for i in store.inputs(sub.task_id)] == [(1, None)]
+
+
+def test_concurrent_submits_of_one_key_create_one_task_and_one_run(store: Store) -> None:
+    barrier = threading.Barrier(8)
+    results = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        try:
+            barrier.wait()
+            sub = store.submit("quote", "case-race", {"v": 1})
+            with lock:
+                results.append(sub)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert errors == []
+    assert len({r.task_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert len([r for r in results if r.run_id is not None]) == 1
+    assert len(store.runs_of(results[0].task_id)) == 1
+    assert len(store.inputs(results[0].task_id)) == 1
+
+
+def test_input_that_cannot_be_stored_is_refused_naming_the_field(store: Store) -> None:
+    with pytest.raises(OutputError, match=r"^input\.received is a datetime\.date"):
+        store.submit("quote", "case-1", {"received": dt.date(2026, 1, 2)})
+
+    assert store.list_tasks() == []
+
+
+def test_models_given_as_input_are_stored_as_json(store: Store) -> None:
+    @dataclasses.dataclass
+    class Case:
+        amount: int
+        parties: tuple[str, ...]
+
+    sub = store.submit("quote", "case-1", Case(10, ("ada", "bo")))
+
+    assert [i.data for i in store.inputs(sub.task_id)] == [{"amount": 10, "parties": ["ada", "bo"]}]
+    assert store.submit("quote", "case-1", {"amount": 10, "parties": ["ada", "bo"]}).run_id is None
