@@ -153,3 +153,9 @@ def test_an_unsupported_database_url_is_a_config_error_when_the_store_opens(
         ConfigError, match="supports sqlite and postgresql"
     ):
         _ = project.store
+
+
+def test_relative_sqlite_path_is_relative_to_the_project(tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text('database_url = "sqlite:///data/app.db"\n')
+    settings = load_settings(tmp_path)
+    assert settings.url == f"sqlite:///{tmp_path / 'data' / 'app.db'}"

@@ -10,6 +10,7 @@ from tether.config import Settings, load_settings
 from tether.errors import (
     AgentFailure,
     ConfigError,
+    Conflict,
     DiscoveryError,
     NotFound,
     OutputError,
@@ -18,7 +19,20 @@ from tether.errors import (
     Terminal,
     TetherError,
 )
-from tether.graph import Agent, Graph, Upstream, agent, discover
+from tether.graph import (
+    Agent,
+    Graph,
+    TaskGraph,
+    Upstream,
+    Why,
+    WhyNot,
+    agent,
+    discover,
+    task_graph,
+    why,
+    why_not,
+)
+from tether.outcomes import Waiting
 from tether.project import Project
 from tether.runtime import Context, RetryPolicy, StepHandle, Worker, WorkerStats
 from tether.store import Run, Step, Store, Task, TaskStatus, Trigger
@@ -29,6 +43,7 @@ __all__ = [
     "Agent",
     "AgentFailure",
     "ConfigError",
+    "Conflict",
     "Context",
     "DiscoveryError",
     "Graph",
@@ -44,15 +59,22 @@ __all__ = [
     "Store",
     "StoreError",
     "Task",
+    "TaskGraph",
     "TaskStatus",
     "Terminal",
     "TetherError",
     "Trigger",
     "Upstream",
+    "Waiting",
+    "Why",
+    "WhyNot",
     "Worker",
     "WorkerStats",
     "__version__",
     "agent",
     "discover",
     "load_settings",
+    "task_graph",
+    "why",
+    "why_not",
 ]

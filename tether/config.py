@@ -72,8 +72,21 @@ class Settings(BaseSettings):
     def url(self) -> str:
         """The store URL, with the SQLite default filled in."""
         if self.database_url:
-            return self.database_url
+            return _anchor(self.database_url, self.project_dir)
         return f"sqlite:///{self.state_dir / 'tether.db'}"
+
+
+def _anchor(url: str, root: Path) -> str:
+    """A relative SQLite path in a project's settings means relative to the project."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or Path(database).expanduser().is_absolute():
+        return url
+    return parsed.set(database=str(root / database)).render_as_string(hide_password=False)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -8,7 +8,8 @@ family at one boundary. Two exceptions are for agents, not for callers: an agent
     ├── ConfigError          bad tether.toml / TETHER_* value
     ├── DiscoveryError       the agent graph is invalid (cycle, unknown trigger, duplicate name)
     ├── StoreError           the database refused or is unreachable
-    │   └── NotFound         no task or run with that identifier
+    │   ├── NotFound         no task or run with that identifier
+    │   └── Conflict         the operation does not apply in the task's state
     ├── OutputError          an agent's output (or a step's) cannot be stored as JSON
     └── AgentFailure         raised by agents to classify a failure
         ├── Retryable        the world failed; try again later
@@ -36,6 +37,10 @@ class StoreError(TetherError):
 
 class NotFound(StoreError):
     """No task or run matches the identifier given."""
+
+
+class Conflict(StoreError):
+    """The operation does not apply to the task in its current state."""
 
 
 class OutputError(TetherError):

@@ -121,9 +121,11 @@ def test_bad_config_is_reported(project: Path) -> None:
 
 
 def test_db_upgrade_and_current(project: Path) -> None:
+    from tether.store.migrate import HEAD
+
     first = tether(project, "db", "upgrade").stdout
-    assert "0001_core" in first
-    assert "already at 0001_core" in tether(project, "db", "upgrade").stdout
+    assert f"(empty) → {HEAD}" in first
+    assert f"already at {HEAD}" in tether(project, "db", "upgrade").stdout
     current = json.loads(tether(project, "db", "current", "--json").stdout)
-    assert current["revision"] == current["head"] == "0001_core"
+    assert current["revision"] == current["head"] == HEAD
     assert current["url"].endswith(".tether/tether.db")

@@ -41,7 +41,7 @@ def test_demo_runs_retries_fails_terminally_and_quotes(tmp_path: Path) -> None:
         tasks = store.list_tasks(limit=1000)
         assert {t.agent for t in tasks} == {"kyc", "risk", "pricing", "quote"}
         assert all(
-            t.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.WAITING) for t in tasks
+            t.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.PENDING) for t in tasks
         )
 
         # Retries happened because the service answered 503, and they were recorded.

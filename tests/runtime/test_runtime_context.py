@@ -188,6 +188,7 @@ def test_a_keyed_step_started_by_a_lost_run_is_unknown(
     # A worker claims the run, records the keyed step as started, and dies.
     [claim] = store.claim("dead-worker", limit=1, lease_seconds=0.05)
     store.insert_steps(
+        claim.task_id,
         claim.run_id,
         [
             StepWrite(

@@ -100,7 +100,7 @@ def test_a_join_waits_while_one_trigger_is_missing(
 
     assert log == [("kyc", "c1")]
     waiting = project.store.get_task("quote/c1")
-    assert (waiting.status, waiting.runs) == (TaskStatus.WAITING, 0)
+    assert (waiting.status, waiting.runs) == (TaskStatus.PENDING, 0)
     assert project.store.list_tasks(agent="notify") == []
 
     # The other branch arrives later (days, in real life): the join completes then.
@@ -146,7 +146,7 @@ def test_a_terminal_failure_on_one_branch_keeps_the_join_from_running(
 
     assert ran == []
     quote_task = project.store.get_task("quote/c1")
-    assert quote_task.status == TaskStatus.WAITING
+    assert quote_task.status == TaskStatus.PENDING
     assert [t.name for t in project.store.triggers_in(quote_task.id)] == ["risk.scored"]
 
 

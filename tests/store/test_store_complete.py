@@ -218,7 +218,7 @@ def test_a_join_queues_the_downstream_run_once_every_required_trigger_fired(
     store.complete([_done(kyc, edges=(Edge("kyc.cleared", "quote", "case-1", requires),))])
 
     quote = store.get_task("quote/case-1")
-    assert quote.status == TaskStatus.WAITING
+    assert quote.status == TaskStatus.PENDING
     assert quote.runs == 0
     assert store.pending().queued == 0
 
@@ -226,7 +226,7 @@ def test_a_join_queues_the_downstream_run_once_every_required_trigger_fired(
     store.submit("kyc", "case-1", {"new": "info"})
     [kyc2] = store.claim("w1", limit=1, lease_seconds=30)
     store.complete([_done(kyc2, edges=(Edge("kyc.cleared", "quote", "case-1", requires),))])
-    assert store.get_task(quote.id).status == TaskStatus.WAITING
+    assert store.get_task(quote.id).status == TaskStatus.PENDING
 
     risk = _claim(store, "risk", "case-1")
     store.complete([_done(risk, output={"score": 3},
@@ -259,6 +259,7 @@ def test_both_halves_of_a_join_in_one_batch_queue_one_run(store: Store) -> None:
 def test_a_keyed_step_written_as_running_is_finished_in_place(store: Store) -> None:
     claim = _claim(store, "quote", "case-1")
     store.insert_steps(
+        claim.task_id,
         claim.run_id,
         [_step(1, "email broker", key="email-1", status="running", finished_at=None)],
     )

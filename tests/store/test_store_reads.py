@@ -44,7 +44,7 @@ def every_status(store: Store) -> Store:
     _finish(store, "a", "done")  # succeeded
     _finish(store, "a", "broken", succeeded=False)  # failed, no retry
     _finish(store, "a", "flaky", succeeded=False, retry_at=10_000.0)  # retrying
-    # waiting: one of two triggers of a join fired
+    # pending: one of two triggers of a join fired
     _finish(store, "b", "up", edges=(Edge("x", "join", "k", ("x", "y")),))
     store.submit("b", "busy", now=100.0)
     store.claim("w1", limit=1, lease_seconds=30, now=100.0)  # running
@@ -58,7 +58,7 @@ def every_status(store: Store) -> Store:
         (TaskStatus.SUCCEEDED, ["b/up", "a/done"]),
         (TaskStatus.FAILED, ["a/broken"]),
         (TaskStatus.RETRYING, ["a/flaky"]),
-        (TaskStatus.WAITING, ["join/k"]),
+        (TaskStatus.PENDING, ["join/k"]),
         (TaskStatus.RUNNING, ["b/busy"]),
         (TaskStatus.QUEUED, ["a/fresh"]),
     ],

@@ -1,5 +1,9 @@
 """The ``tether`` command line."""
 
+from tether.cli import (
+    operate,  # registers retry, cancel and verify on `app`
+    provenance,  # registers why, why-not and graph on `app`
+)
 from tether.cli.app import app, main
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "operate", "provenance"]

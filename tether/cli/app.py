@@ -273,6 +273,7 @@ def show(
             store.runs_of(t.id),
             store.triggers_in(t.id),
             store.triggers_out(t.id),
+            store.actions(t.id),
         )
     if as_json:
         emit_json(render.task_dict(*parts))

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tether.graph import Agent, Graph
 from tether.store import Run, Task, TaskInput, Trigger
+from tether.store.records import OperatorAction
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -23,7 +24,9 @@ STATUS_STYLE = {
     "running": "cyan",
     "queued": "yellow",
     "retrying": "yellow",
-    "waiting": "dim",
+    "pending": "dim",
+    "waiting": "magenta",
+    "cancelled": "dim",
 }
 
 
@@ -116,6 +119,7 @@ def show_task(
     runs: list[Run],
     trig_in: list[Trigger],
     trig_out: list[Trigger],
+    actions: list[OperatorAction],
 ) -> None:
     console.print(
         f"[bold]Task {task.id}[/] {escape(task.ref)}  {status(task.status)}  "
@@ -150,6 +154,8 @@ def show_task(
             )
         if r.output is not None:
             console.print(f"  output: {brief(r.output, 100)}")
+        if r.waiting_for:
+            console.print(f"  [magenta]task waits[/]: {escape(r.waiting_for)}")
         if r.steps:
             table = Table(box=None, pad_edge=False, show_header=True, padding=(0, 2))
             for col in ("", "step", "status", "took", "key", "output"):
@@ -164,6 +170,14 @@ def show_task(
                     escape(s.error) if s.error else brief(s.output, 50),
                 )
             console.print(table)
+    if actions:
+        console.print("[bold]Operator actions[/]")
+        for a in actions:
+            run = f" → run {a.run_id}" if a.run_id else ""
+            note = f": {escape(a.note)}" if a.note else ""
+            console.print(
+                f"  {when(a.created_at)} {escape(a.action)} by {escape(a.actor)}{run}{note}"
+            )
     if trig_out:
         console.print("[bold]Triggered[/]")
         for t in trig_out:
@@ -179,6 +193,7 @@ def task_dict(
     runs: list[Run],
     trig_in: list[Trigger],
     trig_out: list[Trigger],
+    actions: list[OperatorAction],
 ) -> dict[str, Any]:
     return {
         **task.to_dict(),
@@ -187,4 +202,5 @@ def task_dict(
         "runs": [r.to_dict() for r in runs],
         "triggers_in": [t.to_dict() for t in trig_in],
         "triggers_out": [t.to_dict() for t in trig_out],
+        "actions": [a.to_dict() for a in actions],
     }

@@ -39,7 +39,7 @@ _STYLE = {
     "running": "cyan",
     "queued": "yellow",
     "retrying": "yellow",
-    "waiting": "dim",
+    "pending": "dim",
     "missing": "dim",
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from types import TracebackType
 from typing import Any
@@ -19,12 +19,15 @@ class StepRecorder:
     outcome (or by the heartbeat); keyed steps are written as started before their block
     runs, so a crash inside the block leaves a trace the next attempt can see."""
 
-    def __init__(self, store: Store, run_id: int) -> None:
+    def __init__(self, store: Store, task_id: int, run_id: int) -> None:
         self._store = store
+        self._task_id = task_id
         self._run_id = run_id
         self._lock = threading.Lock()
         self._seq = 0
         self._buffer: list[StepWrite] = []
+        self.completed: dict[str, Any] = {}
+        """Keys completed in this run, with their outputs."""
 
     def next_seq(self) -> int:
         with self._lock:
@@ -33,11 +36,24 @@ class StepRecorder:
 
     def started(self, step: StepWrite) -> None:
         """Durably record a keyed step as running, now."""
-        self._store.insert_steps(self._run_id, [step])
+        self._store.insert_steps(self._task_id, self._run_id, [step])
 
     def finished(self, step: StepWrite) -> None:
         with self._lock:
             self._buffer.append(step)
+            if step.key is not None and step.status in ("succeeded", "skipped"):
+                self.completed[step.key] = step.output
+
+    def flush(self) -> None:
+        """Write the buffered steps now (the heartbeat does, so a crash loses little)."""
+        pending = self.drain()
+        if pending:
+            try:
+                self._store.insert_steps(self._task_id, self._run_id, pending)
+            except Exception:
+                with self._lock:  # keep them for the completion to write
+                    self._buffer[:0] = pending
+                raise
 
     def drain(self) -> list[StepWrite]:
         """Take the buffered steps (for a heartbeat flush or the run's completion)."""
@@ -72,6 +88,7 @@ class StepHandle:
         self.seq = recorder.next_seq()
         self._recorder = recorder
         self._started_at = 0.0
+        self._marked = False
         self._earlier_status = earlier[0] if earlier else None
         self.previous_output: Any = earlier[1] if earlier else None
         self.status = "pending"
@@ -94,7 +111,10 @@ class StepHandle:
     def __enter__(self) -> StepHandle:
         self._started_at = time.time()
         self.status = "running"
-        if self.key is not None:
+        self._marked = self.key is not None and not self.done
+        if self._marked:
+            # Durably "started" before the block acts on the world: if the worker dies
+            # inside it, the next run sees `unknown` and reconciles.
             self._recorder.started(self._write(inserted=False, finished=False))
         return self
 
@@ -104,25 +124,30 @@ class StepHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
+        if exc is None and self.done:
+            # Completed by an earlier run: by the contract the block skipped the action.
+            self.status = "skipped"
+            self.output = self.previous_output
+            self._recorder.finished(self._write(inserted=False, finished=True))
+        elif exc is None:
             try:
                 self.output = to_json(self.output, what=f"step {self.name!r} output")
             except Exception:
                 self.status = "failed"
                 self.output = None  # what cannot be stored must not reach the store
                 self._recorder.finished(
-                    self._write(inserted=self.key is not None, finished=True, error="output "
+                    self._write(inserted=self._marked, finished=True, error="output "
                                 "cannot be stored as JSON")
                 )
                 raise
             self.status = "succeeded"
-            self._recorder.finished(self._write(inserted=self.key is not None, finished=True))
+            self._recorder.finished(self._write(inserted=self._marked, finished=True))
         else:
             self.status = "failed"
             self.output = None
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self._recorder.finished(
-                self._write(inserted=self.key is not None, finished=True, error=error)
+                self._write(inserted=self._marked, finished=True, error=error)
             )
 
     async def __aenter__(self) -> StepHandle:
@@ -247,14 +272,40 @@ class Context:
         earlier = self._earlier(key) if key is not None else None
         return StepHandle(self._recorder, name, key=key, input=input, earlier=earlier)
 
+    def once(
+        self,
+        key: str,
+        fn: Callable[[], Any],
+        *,
+        name: str | None = None,
+        input: Any = None,
+        reconcile: Callable[[], Any] | None = None,
+    ) -> Any:
+        """Do ``fn()`` at most once per task: if an earlier run (or this one) completed
+        ``key``, return its recorded output without calling ``fn``.
+
+        If an earlier run started ``key`` but never recorded its end (the worker died:
+        nobody knows whether the email went out), ``reconcile()`` is asked first: return
+        what the world shows (e.g. the sent message found in the mailbox) to record it as
+        the outcome, or None if the action did not happen, and then ``fn`` runs.
+        Without ``reconcile``, ``fn`` runs again in that case.
+        """
+        with self.step(name or key, key=key, input=input) as step:
+            if not step.done:
+                found = reconcile() if step.unknown and reconcile is not None else None
+                step.output = found if found is not None else fn()
+        return step.output
+
     def _earlier(self, key: str) -> tuple[str, Any] | None:
+        if key in self._recorder.completed:
+            return ("succeeded", self._recorder.completed[key])
         # Most conclusive first: a completion anywhere beats a start with no end.
         found: tuple[str, Any] | None = None
         for run in self.history:
             for s in run.steps:
                 if s.key != key:
                     continue
-                if s.status == "succeeded":
+                if s.status in ("succeeded", "skipped"):
                     return ("succeeded", s.output)
                 if s.status == "running" and found is None:
                     found = ("running", None)

@@ -11,6 +11,7 @@ from typing import Any
 from tether.graph.agent import Agent, Upstream
 from tether.graph.registry import Graph
 from tether.jsonable import to_json
+from tether.outcomes import Waiting
 from tether.retry import Failure, classify
 from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
@@ -49,7 +50,7 @@ class Executor:
 
     def recorder(self, claim: Claim) -> StepRecorder:
         """A fresh step recorder for a claimed run."""
-        return StepRecorder(self.store, claim.run_id)
+        return StepRecorder(self.store, claim.task_id, claim.run_id)
 
     def run(self, claim: Claim, recorder: StepRecorder, *, worker: str) -> Completion:
         """Execute a claimed run to a :class:`Completion` (never raises for agent errors)."""
@@ -71,8 +72,12 @@ class Executor:
             result = agent.fn(ctx)
             if asyncio.iscoroutine(result):
                 result = self._await(result)
+            waiting_for = None
+            if isinstance(result, Waiting):
+                waiting_for, result = result.reason or "waiting", result.output
             output = to_json(result)
-            edges = edges_for(self.graph, agent, claim.key, output)
+            # A task still waiting has not reached its outcome: nothing downstream yet.
+            edges = () if waiting_for else edges_for(self.graph, agent, claim.key, output)
         except Exception as exc:
             return self._failed(claim, recorder, worker, classify(exc, retry_on=agent.retry_on),
                                 agent)
@@ -84,6 +89,7 @@ class Executor:
             succeeded=True,
             finished_at=time.time(),
             output=output,
+            waiting_for=waiting_for,
             steps=tuple(recorder.drain()),
             edges=edges,
         )

@@ -297,8 +297,8 @@ class Worker:
                 continue
             try:
                 self.store.renew(self.id, inflight, lease_seconds=self.lease_seconds)
-                for run_id, recorder in inflight.items():
-                    self.store.insert_steps(run_id, recorder.drain())
+                for recorder in inflight.values():
+                    recorder.flush()
             except Exception:  # the pump will surface a broken store; keep beating
                 continue
 

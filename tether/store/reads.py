@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
@@ -11,6 +11,7 @@ from sqlalchemy.engine import Row
 from tether.errors import NotFound
 from tether.store.records import (
     FailureClass,
+    OperatorAction,
     Run,
     RunStatus,
     Step,
@@ -20,30 +21,51 @@ from tether.store.records import (
     Trigger,
     derive_task_status,
 )
-from tether.store.schema import runs, steps, task_inputs, tasks, triggers
+from tether.store.schema import operator_actions, runs, steps, task_inputs, tasks, triggers
+
+LATEST_RUN = runs.alias("latest_run")
 
 
-def _latest_runs() -> Any:
-    """Subquery: each task's latest run id and run count."""
-    return (
-        select(
-            runs.c.task_id,
-            func.max(runs.c.id).label("run_id"),
-            func.count().label("n"),
-        )
-        .group_by(runs.c.task_id)
-        .subquery("latest")
+def task_query(where: Any = None) -> Any:
+    """Tasks with what their status is derived from: the latest run (found per task by a
+    correlated, indexed lookup, so the query's cost does not grow with the store) and the
+    number of runs."""
+    latest_id = (
+        select(func.max(runs.c.id))
+        .where(runs.c.task_id == tasks.c.id)
+        .correlate(tasks)
+        .scalar_subquery()
     )
+    n_runs = (
+        select(func.count())
+        .select_from(runs)
+        .where(runs.c.task_id == tasks.c.id)
+        .correlate(tasks)
+        .scalar_subquery()
+    )
+    q = select(
+        tasks,
+        LATEST_RUN.c.status.label("run_status"),
+        LATEST_RUN.c.attempt.label("run_attempt"),
+        LATEST_RUN.c.waiting_for.label("run_waiting_for"),
+        n_runs.label("n_runs"),
+    ).select_from(tasks.outerjoin(LATEST_RUN, LATEST_RUN.c.id == latest_id))
+    return q if where is None else q.where(where)
 
 
-def _task_status_filter(status: TaskStatus, latest_run: Any, latest: Any) -> Any:
-    if status == TaskStatus.WAITING:
-        return latest.c.run_id.is_(None)
-    if status == TaskStatus.QUEUED:
-        return and_(latest_run.c.status == "queued", latest_run.c.attempt <= 1)
-    if status == TaskStatus.RETRYING:
-        return and_(latest_run.c.status == "queued", latest_run.c.attempt > 1)
-    return latest_run.c.status == status.value
+def _task_status_filter(status: TaskStatus) -> Any:
+    lr = LATEST_RUN.c
+    live = tasks.c.cancelled_at.is_(None)
+    conditions = {
+        TaskStatus.CANCELLED: tasks.c.cancelled_at.is_not(None),
+        TaskStatus.PENDING: lr.id.is_(None),
+        TaskStatus.QUEUED: and_(lr.status == "queued", lr.attempt <= 1),
+        TaskStatus.RETRYING: and_(lr.status == "queued", lr.attempt > 1),
+        TaskStatus.WAITING: and_(lr.status == "succeeded", lr.waiting_for.is_not(None)),
+        TaskStatus.SUCCEEDED: and_(lr.status == "succeeded", lr.waiting_for.is_(None)),
+    }
+    cond = conditions.get(status, lr.status == status.value)
+    return cond if status is TaskStatus.CANCELLED else and_(live, cond)
 
 
 def _run(row: Row[Any], step_rows: Sequence[Step] = ()) -> Run:
@@ -57,6 +79,7 @@ def _run(row: Row[Any], step_rows: Sequence[Step] = ()) -> Run:
         failure_class=FailureClass(row.failure_class) if row.failure_class else None,
         failure_reason=row.failure_reason,
         output=row.output,
+        waiting_for=row.waiting_for,
         created_at=row.created_at,
         available_at=row.available_at,
         started_at=row.started_at,
@@ -98,27 +121,11 @@ class StoreReads:
         limit: int = 100,
     ) -> list[Task]:
         """Tasks, newest first, optionally of one agent and one (derived) status."""
-        latest = _latest_runs()
-        latest_run = runs.alias("latest_run")
-        q = (
-            select(
-                tasks,
-                latest_run.c.status.label("run_status"),
-                latest_run.c.attempt.label("run_attempt"),
-                latest.c.n.label("n_runs"),
-            )
-            .select_from(
-                tasks.outerjoin(latest, latest.c.task_id == tasks.c.id).outerjoin(
-                    latest_run, latest_run.c.id == latest.c.run_id
-                )
-            )
-            .order_by(tasks.c.id.desc())
-            .limit(limit)
-        )
+        q = task_query().order_by(tasks.c.id.desc()).limit(limit)
         if agent is not None:
             q = q.where(tasks.c.agent == agent)
         if status is not None:
-            q = q.where(_task_status_filter(TaskStatus(status), latest_run, latest))
+            q = q.where(_task_status_filter(TaskStatus(status)))
         with self.engine.connect() as conn:
             return [self._task(row) for row in conn.execute(q)]
 
@@ -128,7 +135,12 @@ class StoreReads:
             id=row.id,
             agent=row.agent,
             key=row.key,
-            status=derive_task_status(row.run_status, row.run_attempt),
+            status=derive_task_status(
+                row.run_status,
+                row.run_attempt,
+                waiting_for=row._mapping.get("run_waiting_for"),
+                cancelled=row._mapping.get("cancelled_at") is not None,
+            ),
             created_at=row.created_at,
             runs=row.n_runs or 0,
         )
@@ -139,24 +151,12 @@ class StoreReads:
         Raises:
             NotFound: no such task.
         """
-        latest = _latest_runs()
-        latest_run = runs.alias("latest_run")
-        q = select(
-            tasks,
-            latest_run.c.status.label("run_status"),
-            latest_run.c.attempt.label("run_attempt"),
-            latest.c.n.label("n_runs"),
-        ).select_from(
-            tasks.outerjoin(latest, latest.c.task_id == tasks.c.id).outerjoin(
-                latest_run, latest_run.c.id == latest.c.run_id
-            )
-        )
         text = str(ref)
         if isinstance(ref, int) or text.isdigit():
-            q = q.where(tasks.c.id == int(text))
+            q = task_query(tasks.c.id == int(text))
         elif "/" in text:
             agent, key = text.split("/", 1)
-            q = q.where(tasks.c.agent == agent, tasks.c.key == key)
+            q = task_query(and_(tasks.c.agent == agent, tasks.c.key == key))
         else:
             raise NotFound(f"{text!r} is not a task: give a task id or AGENT/KEY")
         with self.engine.connect() as conn:
@@ -271,3 +271,128 @@ class StoreReads:
         with self.engine.connect() as conn:
             # Later rows overwrite earlier: the newest firing of each name wins.
             return {r.name: (r.up_ref, r.output) for r in conn.execute(q)}
+
+    def actions(self, task_id: int) -> list[OperatorAction]:
+        """The operator actions on a task (retries with notes, cancellations), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(operator_actions)
+                .where(operator_actions.c.task_id == task_id)
+                .order_by(operator_actions.c.id)
+            )
+            return [OperatorAction(**dict(r._mapping)) for r in rows]
+
+    # -- provenance ------------------------------------------------------------------
+    # Reads for `why`, `why-not` and `graph --task`: each a bounded number of indexed
+    # queries, however deep the graph or large the store.
+
+    def find_task(self, agent: str, key: str) -> Task | None:
+        """The task (agent, key), or None if it was never created."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                task_query(and_(tasks.c.agent == agent, tasks.c.key == key))
+            ).first()
+        return None if row is None else self._task(row)
+
+    def tasks_by_ids(self, ids: Iterable[int]) -> dict[int, Task]:
+        """Tasks by id, with their derived status (ids that do not exist are left out)."""
+        found: dict[int, Task] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(ids))):
+                for row in conn.execute(task_query(tasks.c.id.in_(chunk))):
+                    found[row.id] = self._task(row)
+        return found
+
+    def runs_by_ids(self, ids: Iterable[int], *, with_steps: bool = True) -> dict[int, Run]:
+        """Runs by id, each with its steps in order (ids that do not exist are left out)."""
+        wanted = sorted(set(ids))
+        found: dict[int, Run] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                run_rows = conn.execute(select(runs).where(runs.c.id.in_(chunk))).all()
+                by_run: dict[int, list[Step]] = {r.id: [] for r in run_rows}
+                if with_steps and run_rows:
+                    for s in conn.execute(
+                        select(steps)
+                        .where(steps.c.run_id.in_(list(by_run)))
+                        .order_by(steps.c.run_id, steps.c.seq)
+                    ):
+                        by_run[s.run_id].append(_step(s))
+                found.update({r.id: _run(r, by_run[r.id]) for r in run_rows})
+        return found
+
+    def last_run(
+        self, task_id: int, *, status: RunStatus | str | None = None, with_steps: bool = True
+    ) -> Run | None:
+        """A task's latest run (of one status, when given), with its steps; None if none."""
+        q = select(runs.c.id).where(runs.c.task_id == task_id)
+        if status is not None:
+            q = q.where(runs.c.status == str(status))
+        with self.engine.connect() as conn:
+            run_id = conn.execute(q.order_by(runs.c.id.desc()).limit(1)).scalar()
+        if run_id is None:
+            return None
+        return self.runs_by_ids([run_id], with_steps=with_steps).get(run_id)
+
+    def upstream_edges(self, task_id: int, *, limit: int = 10_000) -> list[Trigger]:
+        """Every recorded edge upstream of a task, transitively (oldest first, at most
+        ``limit``): the trigger rows into it, into their upstream tasks, and so on."""
+        return self._edge_closure(task_id, upstream=True, limit=limit)
+
+    def downstream_edges(self, task_id: int, *, limit: int = 10_000) -> list[Trigger]:
+        """Every recorded edge downstream of a task, transitively (oldest first, at most
+        ``limit``)."""
+        return self._edge_closure(task_id, upstream=False, limit=limit)
+
+    def _edge_closure(self, task_id: int, *, upstream: bool, limit: int) -> list[Trigger]:
+        def ends(t: Any) -> tuple[Any, Any]:
+            if upstream:
+                return t.c.downstream_task_id, t.c.upstream_task_id
+            return t.c.upstream_task_id, t.c.downstream_task_id
+
+        near, far = ends(triggers)
+        # UNION (not UNION ALL) drops rows seen before, so the walk ends even on a cycle.
+        closure = (
+            select(triggers.c.id, far.label("next"))
+            .where(near == task_id)
+            .cte("closure", recursive=True)
+        )
+        step = triggers.alias("step")
+        step_near, step_far = ends(step)
+        closure = closure.union(
+            select(step.c.id, step_far).join(closure, step_near == closure.c.next)
+        )
+        up = tasks.alias("up")
+        down = tasks.alias("down")
+        q = (
+            select(
+                triggers,
+                (up.c.agent + "/" + up.c.key).label("up_ref"),
+                (down.c.agent + "/" + down.c.key).label("down_ref"),
+            )
+            .join(up, up.c.id == triggers.c.upstream_task_id)
+            .join(down, down.c.id == triggers.c.downstream_task_id)
+            .where(triggers.c.id.in_(select(closure.c.id)))
+            .order_by(triggers.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                Trigger(
+                    id=r.id,
+                    name=r.name,
+                    upstream_task_id=r.upstream_task_id,
+                    upstream_run_id=r.upstream_run_id,
+                    downstream_task_id=r.downstream_task_id,
+                    created_at=r.created_at,
+                    upstream_ref=r.up_ref,
+                    downstream_ref=r.down_ref,
+                )
+                for r in conn.execute(q)
+            ]
+
+
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[list[int]]:
+    """Ids in slices small enough for one ``IN (...)`` on any database."""
+    for i in range(0, len(ids), size):
+        yield list(ids[i : i + size])

@@ -14,17 +14,20 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # an operator cancelled the task before this run started
 
 
 class TaskStatus(StrEnum):
     """A task's status, derived from its latest run."""
 
-    WAITING = "waiting"  # no run yet: a join still waits for some of its triggers
+    PENDING = "pending"  # no run yet: a join still waits for some of its triggers
     QUEUED = "queued"
     RETRYING = "retrying"  # a retry is queued after a retryable failure
     RUNNING = "running"
-    SUCCEEDED = "succeeded"
+    WAITING = "waiting"  # the last run succeeded; the task waits for new information
+    SUCCEEDED = "succeeded"  # done
     FAILED = "failed"
+    CANCELLED = "cancelled"  # an operator stopped further runs
 
 
 class FailureClass(StrEnum):
@@ -44,12 +47,23 @@ class RunReason(StrEnum):
     EVAL = "eval"
 
 
-def derive_task_status(run_status: str | None, attempt: int | None) -> TaskStatus:
-    """A task's status from its latest run's status and attempt."""
+def derive_task_status(
+    run_status: str | None,
+    attempt: int | None,
+    *,
+    waiting_for: str | None = None,
+    cancelled: bool = False,
+) -> TaskStatus:
+    """A task's status from its latest run (status, attempt, what it waits for) and
+    whether an operator cancelled it."""
+    if cancelled:
+        return TaskStatus.CANCELLED
     if run_status is None:
-        return TaskStatus.WAITING
+        return TaskStatus.PENDING
     if run_status == RunStatus.QUEUED:
         return TaskStatus.RETRYING if (attempt or 1) > 1 else TaskStatus.QUEUED
+    if run_status == RunStatus.SUCCEEDED and waiting_for:
+        return TaskStatus.WAITING
     return TaskStatus(run_status)
 
 
@@ -122,6 +136,7 @@ class Run(Record):
     failure_class: FailureClass | None
     failure_reason: str | None
     output: Any
+    waiting_for: str | None
     created_at: float
     available_at: float
     started_at: float | None
@@ -143,3 +158,16 @@ class Trigger(Record):
     created_at: float
     upstream_ref: str = ""
     downstream_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction(Record):
+    """A human override, kept with who did it and when."""
+
+    id: int
+    task_id: int
+    action: str
+    actor: str
+    note: str | None
+    run_id: int | None
+    created_at: float

@@ -45,6 +45,8 @@ tasks = Table(
     Column("agent", String(200), nullable=False),
     Column("key", String(500), nullable=False),
     Column("created_at", Time, nullable=False),
+    # Set by an operator's `tether cancel`: no further runs start until `tether retry`.
+    Column("cancelled_at", Time, nullable=True),
     UniqueConstraint("agent", "key"),
 )
 
@@ -68,12 +70,14 @@ runs = Table(
     # Why it started: submitted | trigger | retry | operator | eval
     Column("reason", String(20), nullable=False),
     Column("note", Text, nullable=True),
-    # queued | running | succeeded | failed
+    # queued | running | succeeded | failed | cancelled
     Column("status", String(12), nullable=False),
     # retryable | terminal (failed runs only)
     Column("failure_class", String(12), nullable=True),
     Column("failure_reason", Text, nullable=True),
     Column("output", Json, nullable=True),
+    # A run that succeeded without finishing its task says what the task now waits for.
+    Column("waiting_for", Text, nullable=True),
     Column("created_at", Time, nullable=False),
     Column("available_at", Time, nullable=False),
     Column("started_at", Time, nullable=True),
@@ -116,4 +120,35 @@ triggers = Table(
     UniqueConstraint("upstream_run_id", "name", "downstream_task_id"),
     Index(None, "downstream_task_id", "name"),
     Index(None, "upstream_task_id"),
+)
+
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    # retry | cancel
+    Column("action", String(20), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("note", Text, nullable=True),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=True),
+    Column("created_at", Time, nullable=False),
+    Index(None, "task_id"),
+)
+
+# The tamper-evident history: one hash chain per task (see tether/store/ledger.py).
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    # input | step | run | action
+    Column("kind", String(10), nullable=False),
+    Column("ref", String(100), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("created_at", Time, nullable=False),
+    UniqueConstraint("task_id", "seq"),
 )

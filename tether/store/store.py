@@ -8,10 +8,11 @@ and locking a task row while a join decides whether to run.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -29,15 +30,22 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tether.config import Settings
-from tether.errors import StoreError
+from tether.errors import Conflict, StoreError
 from tether.jsonable import canonical, to_json
 from tether.store import migrate
 from tether.store.engine import WRITE, dialect_of, make_engine
+from tether.store.ledger import FIELDS, GENESIS, chain, digest, ref_of
 from tether.store.reads import StoreReads
-from tether.store.schema import runs, steps, task_inputs, tasks, triggers
+from tether.store.records import OperatorAction, TaskStatus
+from tether.store.schema import ledger, operator_actions, runs, steps, task_inputs, tasks, triggers
 from tether.store.writes import Claim, Completion, Edge, Pending, StepWrite, Submission
 
 _MISSING: Any = object()
+
+T = TypeVar("T")
+
+RUN_FIELDS = tuple(runs.c[name] for name in FIELDS["run"])
+"""What a run's final outcome is hashed over: returned by every statement that ends a run."""
 
 Decide = Callable[[str, int], float | None]
 """``(agent, attempt) -> retry_at or None``: the runtime's retry rule, given to the reaper."""
@@ -101,6 +109,57 @@ class Store(StoreReads):
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store write failed: {exc.orig}") from exc
 
+    def _transact(self, body: Callable[[Connection], T], *, tries: int = 8) -> T:
+        """Run ``body`` in a write transaction, again from the start if PostgreSQL aborted it
+        as a deadlock or serialization failure (two workers locking tasks in another order)."""
+        for attempt in range(1, tries + 1):
+            try:
+                with self._write() as conn:
+                    return body(conn)
+            except StoreError as exc:
+                if attempt == tries or not _is_conflict(exc.__cause__):
+                    raise
+                time.sleep(random.uniform(0.001, 0.005) * attempt)
+        raise AssertionError("unreachable")
+
+    # -- the ledger ----------------------------------------------------------------
+
+    def _append(
+        self, conn: Connection, task_id: int, entries: Sequence[tuple[str, Mapping[str, Any]]],
+        now: float,
+    ) -> None:
+        """Add records to the task's hash chain (see :mod:`tether.store.ledger`)."""
+        if not entries:
+            return
+        self._lock_task(conn, task_id)  # one appender per chain at a time
+        tip = conn.execute(
+            select(ledger.c.seq, ledger.c.hash)
+            .where(ledger.c.task_id == task_id)
+            .order_by(ledger.c.seq.desc())
+            .limit(1)
+        ).first()
+        seq, prev = (tip.seq, tip.hash) if tip is not None else (0, GENESIS)
+        rows = []
+        for kind, record in entries:
+            seq += 1
+            record_digest = digest(kind, record)
+            ref = ref_of(kind, record)
+            entry_hash = chain(prev, kind, ref, record_digest)
+            rows.append(
+                {
+                    "task_id": task_id,
+                    "seq": seq,
+                    "kind": kind,
+                    "ref": ref,
+                    "digest": record_digest,
+                    "prev_hash": prev,
+                    "hash": entry_hash,
+                    "created_at": now,
+                }
+            )
+            prev = entry_hash
+        conn.execute(insert(ledger), rows)
+
     # -- dialect hooks -------------------------------------------------------------
 
     def _insert_ignore(self, table: Any) -> Any:
@@ -154,16 +213,22 @@ class Store(StoreReads):
         now = time.time() if now is None else now
         if input is not _MISSING:
             input = to_json(input, what="input")
-        with self._write() as conn:
+
+        def body(conn: Connection) -> Submission:
             task_id, created = self._upsert_task(conn, agent, key, now)
             new_info = False
             if input is not _MISSING:
-                new_info = self._attach_input(conn, task_id, input, now)
+                record = self._attach_input(conn, task_id, input, now)
+                if record is not None:
+                    new_info = True
+                    self._append(conn, task_id, [("input", record)], now)
             has_runs = conn.execute(select(exists().where(runs.c.task_id == task_id))).scalar()
             run_id = None
             if created or new_info or not has_runs:
                 run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note)
             return Submission(task_id=task_id, run_id=run_id, created=created)
+
+        return self._transact(body)
 
     def _upsert_task(
         self, conn: Connection, agent: str, key: str, now: float
@@ -183,7 +248,10 @@ class Store(StoreReads):
         self._lock_task(conn, task_id)
         return task_id, inserted
 
-    def _attach_input(self, conn: Connection, task_id: int, data: Any, now: float) -> bool:
+    def _attach_input(
+        self, conn: Connection, task_id: int, data: Any, now: float
+    ) -> dict[str, Any] | None:
+        """Attach new input; None (nothing written) when it equals the latest input."""
         latest = conn.execute(
             select(task_inputs.c.seq, task_inputs.c.data)
             .where(task_inputs.c.task_id == task_id)
@@ -191,12 +259,15 @@ class Store(StoreReads):
             .limit(1)
         ).first()
         if latest is not None and canonical(latest.data) == canonical(data):
-            return False
-        seq = 1 if latest is None else latest.seq + 1
-        conn.execute(
-            insert(task_inputs).values(task_id=task_id, seq=seq, data=data, received_at=now)
-        )
-        return True
+            return None
+        record = {
+            "task_id": task_id,
+            "seq": 1 if latest is None else latest.seq + 1,
+            "data": data,
+            "received_at": now,
+        }
+        conn.execute(insert(task_inputs).values(**record))
+        return record
 
     def _enqueue(
         self,
@@ -209,7 +280,14 @@ class Store(StoreReads):
         available_at: float | None = None,
         note: str | None = None,
     ) -> int | None:
-        """Queue a run unless one is already queued (it will see the newest state)."""
+        """Queue a run unless one is already queued (it will see the newest state) or an
+        operator cancelled the task (only an operator's retry lifts that)."""
+        self._lock_task(conn, task_id)
+        cancelled = conn.execute(
+            select(tasks.c.cancelled_at).where(tasks.c.id == task_id)
+        ).scalar()
+        if cancelled is not None and reason != "operator":
+            return None
         queued = conn.execute(
             select(runs.c.id).where(runs.c.task_id == task_id, runs.c.status == "queued")
         ).first()
@@ -263,12 +341,15 @@ class Store(StoreReads):
         """
         if not completions and limit <= 0:
             return [], []
-        with self._write() as conn:
+
+        def body(conn: Connection) -> tuple[list[int], list[Claim]]:
             accepted = self._complete(conn, completions) if completions else []
             claims = (
                 self._claim(conn, worker, limit, lease_seconds, agents, now) if limit > 0 else []
             )
-        return accepted, claims
+            return accepted, claims
+
+        return self._transact(body)
 
     def _claim(
         self,
@@ -357,10 +438,18 @@ class Store(StoreReads):
         with self.engine.connect() as conn:
             if conn.execute(expired_q.limit(1)).first() is None:
                 return []  # the common case: one cheap read, no write lock
-        reaped: list[int] = []
-        with self._write() as conn:
+
+        def body(conn: Connection) -> list[int]:
+            reaped: list[int] = []
             for row in conn.execute(expired_q).all():
-                failed = conn.execute(
+                retry_at = decide(row.agent, row.attempt)
+                reason = (
+                    f"worker lost: {row.worker} stopped renewing its lease "
+                    "(it crashed or was killed)"
+                )
+                if retry_at is None:
+                    reason += f"; gave up after {row.attempt} attempts"
+                final = conn.execute(
                     update(runs)
                     .where(
                         runs.c.id == row.id,
@@ -370,18 +459,16 @@ class Store(StoreReads):
                     .values(
                         status="failed",
                         failure_class="retryable",
-                        failure_reason=(
-                            f"worker lost: {row.worker} stopped renewing its lease "
-                            "(it crashed or was killed)"
-                        ),
+                        failure_reason=reason,
                         finished_at=now,
                         lease_expires_at=None,
                     )
-                ).rowcount
-                if not failed:
-                    continue
+                    .returning(*RUN_FIELDS)
+                ).first()
+                if final is None:
+                    continue  # another worker reaped it first
                 reaped.append(row.id)
-                retry_at = decide(row.agent, row.attempt)
+                self._append(conn, row.task_id, [("run", dict(final._mapping))], now)
                 if retry_at is not None:
                     self._enqueue(
                         conn,
@@ -391,7 +478,9 @@ class Store(StoreReads):
                         attempt=row.attempt + 1,
                         available_at=retry_at,
                     )
-        return reaped
+            return reaped
+
+        return self._transact(body)
 
     def release(self, worker: str, run_ids: Iterable[int], *, reason: str) -> list[int]:
         """Give back runs a stopping worker cannot finish: each is closed as a retryable
@@ -401,8 +490,9 @@ class Store(StoreReads):
         if not ids:
             return released
         now = time.time()
-        with self._write() as conn:
-            rows = conn.execute(
+
+        def body(conn: Connection) -> list[int]:
+            finals = conn.execute(
                 update(runs)
                 .where(runs.c.id.in_(ids), runs.c.worker == worker, runs.c.status == "running")
                 .values(
@@ -412,22 +502,34 @@ class Store(StoreReads):
                     finished_at=now,
                     lease_expires_at=None,
                 )
-                .returning(runs.c.id, runs.c.task_id, runs.c.attempt)
+                .returning(*RUN_FIELDS)
             ).all()
-            for row in rows:
-                released.append(row.id)
-                self._enqueue(conn, row.task_id, reason="retry", now=now, attempt=row.attempt)
+            for final in finals:
+                self._append(conn, final.task_id, [("run", dict(final._mapping))], now)
+                self._enqueue(conn, final.task_id, reason="retry", now=now, attempt=final.attempt)
+            return [final.id for final in finals]
+
+        released.extend(self._transact(body))
         return released
 
     # -- recording -----------------------------------------------------------------
 
-    def insert_steps(self, run_id: int, rows: Sequence[StepWrite]) -> None:
-        """Write finished steps now (a heartbeat flush, or a keyed step's start)."""
-        if rows:
-            with self._write() as conn:
-                self._write_steps(conn, [(run_id, s) for s in rows])
+    def insert_steps(self, task_id: int, run_id: int, rows: Sequence[StepWrite]) -> None:
+        """Write steps now: a keyed step's start, or finished steps a heartbeat flushes."""
+        if not rows:
+            return
+        now = time.time()
 
-    def _write_steps(self, conn: Connection, rows: Sequence[tuple[int, StepWrite]]) -> None:
+        def body(conn: Connection) -> None:
+            finished = self._write_steps(conn, [(run_id, s) for s in rows])
+            self._append(conn, task_id, [("step", r) for r in finished], now)
+
+        self._transact(body)
+
+    def _write_steps(
+        self, conn: Connection, rows: Sequence[tuple[int, StepWrite]]
+    ) -> list[dict[str, Any]]:
+        """Insert new steps and finish keyed ones; returns the finished steps' records."""
         new = [_step_values(run_id, s) for run_id, s in rows if not s.inserted]
         done = [_step_values(run_id, s) for run_id, s in rows if s.inserted]
         if new:
@@ -444,6 +546,8 @@ class Store(StoreReads):
                 ),
                 [{**d, "b_run_id": d["run_id"], "b_seq": d["seq"]} for d in done],
             )
+        # A keyed step's start is provisional; it enters the ledger when it finishes.
+        return [r for r in (*new, *done) if r["status"] != "running"]
 
     def complete(self, completions: Sequence[Completion]) -> list[int]:
         """Record finished runs (group commit): outcome, steps, trigger edges, retries.
@@ -455,12 +559,10 @@ class Store(StoreReads):
         """
         if not completions:
             return []
-        with self._write() as conn:
-            return self._complete(conn, completions)
+        return self._transact(lambda conn: self._complete(conn, completions))
 
     def _complete(self, conn: Connection, completions: Sequence[Completion]) -> list[int]:
         accepted: list[int] = []
-        step_rows: list[tuple[int, StepWrite]] = []
         for c in completions:
             values: dict[str, Any] = {
                 "status": "succeeded" if c.succeeded else "failed",
@@ -469,10 +571,11 @@ class Store(StoreReads):
             }
             if c.succeeded:
                 values["output"] = c.output
+                values["waiting_for"] = c.waiting_for
             else:
                 values["failure_class"] = c.failure_class
                 values["failure_reason"] = c.failure_reason
-            owned = conn.execute(
+            final = conn.execute(
                 update(runs)
                 .where(
                     runs.c.id == c.run_id,
@@ -480,11 +583,18 @@ class Store(StoreReads):
                     runs.c.worker == c.worker,
                 )
                 .values(**values)
-            ).rowcount
-            if owned != 1:
-                continue
+                .returning(*RUN_FIELDS)
+            ).first()
+            if final is None:
+                continue  # the lease was lost: this worker no longer owns the run
             accepted.append(c.run_id)
-            step_rows.extend((c.run_id, s) for s in c.steps)
+            finished_steps = self._write_steps(conn, [(c.run_id, s) for s in c.steps])
+            self._append(
+                conn,
+                c.task_id,
+                [*(("step", r) for r in finished_steps), ("run", dict(final._mapping))],
+                c.finished_at,
+            )
             for edge in c.edges:
                 self._record_edge(conn, c, edge)
             if c.retry_at is not None:
@@ -496,7 +606,6 @@ class Store(StoreReads):
                     attempt=c.attempt + 1,
                     available_at=c.retry_at,
                 )
-        self._write_steps(conn, step_rows)
         return accepted
 
     def _record_edge(self, conn: Connection, c: Completion, edge: Edge) -> None:
@@ -525,6 +634,92 @@ class Store(StoreReads):
         )
         if fired >= set(edge.requires):
             self._enqueue(conn, downstream, reason="trigger", now=c.finished_at)
+
+    # -- operators -----------------------------------------------------------------
+
+    def retry_task(
+        self, ref: str | int, *, note: str | None, actor: str, now: float | None = None
+    ) -> tuple[OperatorAction, int]:
+        """An operator's override: start a new run of a failed (or cancelled) task, with a
+        note the agent reads as ``ctx.note``. Returns the recorded action and the run id.
+
+        Raises:
+            NotFound: no such task.
+            Conflict: the task is not failed or cancelled.
+        """
+        task = self.get_task(ref)
+        if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise Conflict(
+                f"{task.ref} is {task.status}; an operator retry applies to failed or "
+                "cancelled tasks"
+            )
+        when = time.time() if now is None else now
+
+        def body(conn: Connection) -> tuple[OperatorAction, int]:
+            self._lock_task(conn, task.id)
+            conn.execute(update(tasks).where(tasks.c.id == task.id).values(cancelled_at=None))
+            run_id = self._enqueue(conn, task.id, reason="operator", now=when, note=note)
+            if run_id is None:
+                raise Conflict(f"{task.ref} already has a run queued")
+            action = self._record_action(conn, task.id, "retry", actor, note, run_id, when)
+            return action, run_id
+
+        return self._transact(body)
+
+    def cancel_task(
+        self, ref: str | int, *, note: str | None, actor: str, now: float | None = None
+    ) -> OperatorAction:
+        """An operator stops further runs of a task: queued runs are cancelled and no retry,
+        trigger or submission starts another until an operator retries it. A run already
+        in flight finishes and is recorded.
+
+        Raises:
+            NotFound: no such task.
+            Conflict: the task is cancelled already.
+        """
+        task = self.get_task(ref)
+        if task.status is TaskStatus.CANCELLED:
+            raise Conflict(f"{task.ref} is cancelled already")
+        when = time.time() if now is None else now
+
+        def body(conn: Connection) -> OperatorAction:
+            self._lock_task(conn, task.id)
+            conn.execute(update(tasks).where(tasks.c.id == task.id).values(cancelled_at=when))
+            finals = conn.execute(
+                update(runs)
+                .where(runs.c.task_id == task.id, runs.c.status == "queued")
+                .values(status="cancelled", finished_at=when)
+                .returning(*RUN_FIELDS)
+            ).all()
+            self._append(conn, task.id, [("run", dict(f._mapping)) for f in finals], when)
+            return self._record_action(conn, task.id, "cancel", actor, note, None, when)
+
+        return self._transact(body)
+
+    def _record_action(
+        self,
+        conn: Connection,
+        task_id: int,
+        action: str,
+        actor: str,
+        note: str | None,
+        run_id: int | None,
+        now: float,
+    ) -> OperatorAction:
+        values = {
+            "task_id": task_id,
+            "action": action,
+            "actor": actor,
+            "note": note,
+            "run_id": run_id,
+            "created_at": now,
+        }
+        action_id = conn.execute(
+            insert(operator_actions).values(**values).returning(operator_actions.c.id)
+        ).scalar_one()
+        record = {"id": action_id, **values}
+        self._append(conn, task_id, [("action", record)], now)
+        return OperatorAction(**record)
 
     # -- how much is left ----------------------------------------------------------
 
@@ -560,6 +755,12 @@ def _step_values(run_id: int, s: StepWrite) -> dict[str, Any]:
         "started_at": s.started_at,
         "finished_at": s.finished_at,
     }
+
+
+def _is_conflict(exc: BaseException | None) -> bool:
+    """A PostgreSQL deadlock (40P01) or serialization failure (40001): safe to run again."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _safe(url: str) -> str:

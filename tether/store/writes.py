@@ -59,6 +59,8 @@ class Completion:
     succeeded: bool
     finished_at: float
     output: Any = None
+    waiting_for: str | None = None
+    """A success that leaves the task waiting for new information says for what."""
     failure_class: str | None = None
     failure_reason: str | None = None
     steps: tuple[StepWrite, ...] = ()
