@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import tether
 from tether import ConfigError, Project, load_settings
 
 
@@ -159,3 +160,15 @@ def test_relative_sqlite_path_is_relative_to_the_project(tmp_path: Path) -> None
     (tmp_path / "tether.toml").write_text('database_url = "sqlite:///data/app.db"\n')
     settings = load_settings(tmp_path)
     assert settings.url == f"sqlite:///{tmp_path / 'data' / 'app.db'}"
+
+
+def test_agent_modules_from_the_environment_join_discovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_AGENT_MODULES", '["tether.demo.agents"]')
+    project = Project.load(tmp_path)
+    assert project.settings.agent_modules == ("tether.demo.agents",)
+    assert "quote" in project.graph
+    monkeypatch.setenv("TETHER_AGENT_MODULES", '["no_such_module_here"]')
+    with pytest.raises(tether.DiscoveryError, match="no_such_module_here"):
+        _ = Project.load(tmp_path).graph

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     agents_dir: str = "agents"
     """Folder (relative to the project) whose modules are imported to discover agents."""
 
+    agent_modules: tuple[str, ...] = ()
+    """Importable modules whose agents join the project's (besides ``agents/`` and the
+    ``tether.agents`` entry points), e.g. ``["acme_claims.agents"]``. As an environment
+    variable, a JSON list."""
+
     durability: Literal["full", "relaxed"] = "full"
     """``full``: every commit is synced (survives power loss). ``relaxed``: SQLite
     ``synchronous=NORMAL`` / PostgreSQL ``synchronous_commit=off``; the last commits before a

@@ -51,7 +51,11 @@ class Project:
         """The project's agents, discovered and validated."""
         if self._agents is not None:
             return build(self._agents)
-        return discover(self.settings.project_dir, agents_dir=self.settings.agents_dir)
+        return discover(
+            self.settings.project_dir,
+            agents_dir=self.settings.agents_dir,
+            modules=self.settings.agent_modules,
+        )
 
     def submit(self, agent: str, key: str, input: Any = _MISSING) -> Submission:
         """Submit work to an agent: create task (agent, key) and queue a run (idempotent)."""

@@ -179,3 +179,10 @@ def test_demo_refuses_a_store_with_other_agents_work(tmp_path: Path) -> None:
         (task,) = project.store.list_tasks()
         assert task.ref == "underwriting/policy-9"
         assert task.status == TaskStatus.QUEUED
+
+
+def test_the_demo_folder_knows_its_agents_afterwards(tmp_path: Path) -> None:
+    run_demo(tmp_path, console=Console(file=io.StringIO()))
+    graph = tether.Project.load(tmp_path).graph  # discovery, as `tether why-not` does it
+    assert sorted(graph.agents) == ["kyc", "pricing", "quote", "risk"]
+    assert "tether.demo.agents" in (tmp_path / "tether.toml").read_text()

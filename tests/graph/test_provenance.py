@@ -310,6 +310,24 @@ def test_why_not_of_a_task_that_ran_points_to_why(cases: Project) -> None:
     ]
 
 
+def test_why_not_of_a_join_submitted_directly(cases: Project, run_idle: RunIdle) -> None:
+    cases.submit("quote", "c7")  # by hand: no upstream output to read
+    run_idle(cases)
+    [run] = _runs(cases, "quote/c7")
+
+    answer = why_not(cases.store, cases.graph, "quote", "c7")
+
+    [cause] = answer.root_causes
+    assert (cause.task, cause.state, cause.run_id, cause.failure_class) == (
+        "quote/c7", TaskStatus.FAILED.value, run.id, "terminal",
+    )
+    assert "KeyError" in cause.reason and "risk.scored" in cause.reason
+    assert [(t.name, t.fired, t.note) for t in answer.target.triggers] == [
+        ("kyc.passed", False, "did not fire: quote/c7 was started without it"),
+        ("risk.scored", False, "did not fire: quote/c7 was started without it"),
+    ]
+
+
 def test_why_not_when_nothing_was_submitted(cases: Project) -> None:
     root = why_not(cases.store, cases.graph, "kyc", "c9")
     deep = why_not(cases.store, cases.graph, "notify", "c9")
@@ -464,6 +482,37 @@ def test_why_not_names_an_upstream_that_succeeded_without_emitting(
         "screen/s1", "did not emit", run.id, "screen.clear",
     )
     assert "did not emit screen.clear; it emitted no trigger" in cause.summary
+
+
+def test_why_not_names_a_subscriber_added_after_the_run(
+    make_project: MakeProject, run_idle: RunIdle, store_url: str
+) -> None:
+    @tether.agent(emits="kyc.passed")
+    def kyc(ctx: Context) -> None:
+        return None
+
+    @tether.agent(subscribes="kyc.passed")
+    def audit(ctx: Context) -> None:
+        return None
+
+    @tether.agent(subscribes="kyc.passed")
+    def quote(ctx: Context) -> None:
+        return None
+
+    before = make_project([kyc, audit], database_url=store_url)
+    before.submit("kyc", "c1")
+    run_idle(before)
+    [run] = _runs(before, "kyc/c1")
+    after = make_project([kyc, audit, quote], database_url=store_url)  # quote deployed later
+
+    answer = why_not(after.store, after.graph, "quote", "c1")
+
+    [cause] = answer.root_causes
+    assert (cause.task, cause.state, cause.run_id) == ("kyc/c1", "did not emit", run.id)
+    assert cause.summary == (
+        f"kyc/c1 succeeded (run {run.id}) and emitted kyc.passed to audit/c1, but not to "
+        "quote/c1 (did quote subscribe to kyc.passed only after that run?)"
+    )
 
 
 # -- the tasks around one, and the renderings ------------------------------------------------

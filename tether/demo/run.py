@@ -110,6 +110,7 @@ def run_demo(project_dir: Path, *, console: Console, cases: int = 3) -> DemoResu
     project_dir = Path(project_dir).expanduser().resolve()
     project_dir.mkdir(parents=True, exist_ok=True)
     keys = [case_id(n) for n in range(1, cases + 1)]
+    _make_discoverable(project_dir)
 
     console.print(
         "[bold]Tether demo[/]: four teams' agents: [bold]kyc[/] (compliance), "
@@ -177,6 +178,17 @@ def run_demo(project_dir: Path, *, console: Console, cases: int = 3) -> DemoResu
 
 
 # -- running ---------------------------------------------------------------------------
+
+
+def _make_discoverable(project_dir: Path) -> None:
+    """Let later commands in this folder (``tether why-not``, ``graph``, ``worker``) find
+    the demo's agents: a fresh folder gets a tether.toml naming their module."""
+    config = project_dir / "tether.toml"
+    if not config.exists():
+        config.write_text(
+            "# Written by `tether demo`: the demo's agents live in the tether package.\n"
+            'agent_modules = ["tether.demo.agents"]\n'
+        )
 
 
 def _refuse_foreign_work(store: Store) -> None:
@@ -398,12 +410,25 @@ def _commands(cases: Sequence[CaseResult]) -> tuple[tuple[str, str], ...]:
                 f"{n} runs: failed on 503s, retried with backoff, then succeeded",
             )
         )
+    if quoted:
+        out.append(
+            (
+                f"tether why quote/{quoted[0].case}",
+                "why this quote: the upstream runs, triggers and steps behind it",
+            )
+        )
     failed = [c for c in cases if c.status["kyc"] == "failed"]
     if failed:
         out.append(
             (
                 f"tether show kyc/{failed[0].case}",
                 "the terminal failure: not retried, and nothing downstream ran",
+            )
+        )
+        out.append(
+            (
+                f"tether why-not quote {failed[0].case}",
+                "why no quote: the trigger that never fired, and the failure behind it",
             )
         )
     out.append(("tether tasks --status failed --json", "the failures, as JSON for a program"))

@@ -240,8 +240,27 @@ def discover_entry_points(group: str = ENTRY_POINT_GROUP) -> list[Agent]:
     return collect(found)
 
 
+def discover_modules(names: Iterable[str]) -> list[Agent]:
+    """Agents defined in importable modules named in the settings (``agent_modules``)."""
+    found: list[Agent] = []
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise DiscoveryError(
+                f"agent module {name!r} (from agent_modules) failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        found.extend(_module_agents(module))
+    return collect(found)
+
+
 def discover(
-    project_dir: Path | str | None = None, *, agents_dir: str = "agents", entry_points_: bool = True
+    project_dir: Path | str | None = None,
+    *,
+    agents_dir: str = "agents",
+    modules: Iterable[str] = (),
+    entry_points_: bool = True,
 ) -> Graph:
     """The project's agent graph: its ``agents/`` folder plus installed entry points.
 
@@ -251,6 +270,7 @@ def discover(
     """
     root = Path(project_dir or Path.cwd())
     agents = discover_folder(root / agents_dir)
+    agents += discover_modules(modules)
     if entry_points_:
         agents += discover_entry_points()
     return build(agents)

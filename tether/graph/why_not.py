@@ -205,7 +205,7 @@ class _Explainer:
     def __init__(self, store: StoreReads, graph: Graph) -> None:
         self.store = store
         self.graph = graph
-        self.memo: dict[tuple[str, str, str | None], Explanation] = {}
+        self.memo: dict[tuple[str, str, str | None, str | None], Explanation] = {}
 
     def explain(
         self,
@@ -213,17 +213,25 @@ class _Explainer:
         key: str,
         *,
         needed: str | None = None,
+        wanted_by: str | None = None,
         path: frozenset[tuple[str, str]] = frozenset(),
     ) -> Explanation:
-        """Why task (agent, key) is where it is. ``needed``: the trigger a downstream task
-        waits for from it (None for the task asked about)."""
-        memo = (agent.name, key, needed)
+        """Why task (agent, key) is where it is. ``needed``: the trigger that the downstream
+        task ``wanted_by`` (``AGENT/KEY``) waits for from it; None for the task asked about."""
+        memo = (agent.name, key, needed, wanted_by)
         if memo not in self.memo:
-            self.memo[memo] = self._explain(agent, key, needed, path | {(agent.name, key)})
+            self.memo[memo] = self._explain(
+                agent, key, needed, wanted_by, path | {(agent.name, key)}
+            )
         return self.memo[memo]
 
     def _explain(
-        self, agent: Agent, key: str, needed: str | None, path: frozenset[tuple[str, str]]
+        self,
+        agent: Agent,
+        key: str,
+        needed: str | None,
+        wanted_by: str | None,
+        path: frozenset[tuple[str, str]],
     ) -> Explanation:
         ref = f"{agent.name}/{key}"
         task = self.store.find_task(agent.name, key)
@@ -252,8 +260,8 @@ class _Explainer:
             return self._stopped(agent, key, task, runs, needed is None, path)
         if not runs:
             return self._not_started(agent, key, task, path)
-        if str(task.status) in _FROM_RUNS and runs[-1].status == RunStatus.SUCCEEDED:
-            return self._ran(agent, key, task, runs, needed, path)
+        if runs[-1].status == RunStatus.SUCCEEDED:
+            return self._ran(agent, key, task, runs, needed, wanted_by, path)
         return self._stopped(agent, key, task, runs, needed is None, path)
 
     def _not_started(
@@ -284,8 +292,11 @@ class _Explainer:
         task: Task,
         runs: tuple[Run, ...],
         needed: str | None,
+        wanted_by: str | None,
         path: frozenset[tuple[str, str]],
     ) -> Explanation:
+        """A task whose latest run succeeded: for the task asked about, it ran; for an
+        upstream task, it did not emit the trigger needed (to the task that needs it)."""
         ref = task.ref
         last = next(r for r in reversed(runs) if r.status == RunStatus.SUCCEEDED)
         if needed is None:
@@ -303,12 +314,19 @@ class _Explainer:
                                triggers=checks)
         out = self.store.triggers_out(task.id)
         emitted = sorted({t.name for t in out})
+        down_agent = (wanted_by or "").split("/", 1)[0]
+        same = sorted({t.downstream_ref for t in out
+                       if t.name == needed and t.downstream_ref.startswith(f"{down_agent}/")})
         if needed in emitted:
-            went = ", ".join(sorted({t.downstream_ref for t in out if t.name == needed}))
-            summary = (
-                f"{ref} succeeded (run {last.id}) and emitted {needed}, but to {went}: "
-                f"not to a task with key {key}"
+            went = ", ".join(same) or ", ".join(
+                sorted({t.downstream_ref for t in out if t.name == needed})
             )
+            summary = (
+                f"{ref} succeeded (run {last.id}) and emitted {needed} to {went}, but not to "
+                f"{wanted_by}"
+            )
+            if not same:
+                summary += f" (did {down_agent} subscribe to {needed} only after that run?)"
         else:
             summary = (
                 f"{ref} succeeded (run {last.id}) but did not emit {needed}; it emitted "
@@ -443,7 +461,7 @@ class _Explainer:
             return TriggerCheck(name, False, note=f"did not fire: {summary}", causes=(cause,))
         if agent.key is not None:
             candidates = tuple(
-                self.explain(e, key, needed=name, path=path)
+                self.explain(e, key, needed=name, wanted_by=ref, path=path)
                 for e in emitters
                 if (e.name, key) not in path and self.store.find_task(e.name, key) is not None
             )
@@ -460,7 +478,7 @@ class _Explainer:
             return TriggerCheck(name, False, upstream=candidates, note=f"did not fire: {summary}",
                                 causes=(cause,))
         upstream = tuple(
-            self.explain(e, key, needed=name, path=path)
+            self.explain(e, key, needed=name, wanted_by=ref, path=path)
             for e in emitters
             if (e.name, key) not in path
         )
