@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     ``synchronous=NORMAL`` / PostgreSQL ``synchronous_commit=off``; the last commits before a
     power loss (not a process crash) may be lost."""
 
+    provider: Literal["local", "celery", "temporal"] = "local"
+    """Which engine executes queued runs: the embedded local worker, Celery, or Temporal."""
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    """The Celery broker (Redis or RabbitMQ, e.g. ``amqp://guest:guest@127.0.0.1:5672//``)."""
+
+    temporal_address: str = "127.0.0.1:7233"
+    """The Temporal frontend, ``host:port``."""
+
+    temporal_namespace: str = "default"
+    """The Temporal namespace the workflows run in."""
+
+    task_queue: str = "tether"
+    """The Celery queue / Temporal task queue runs are dispatched on."""
+
     concurrency: int = Field(default=4, ge=1, le=1024)
     """Runs a local worker executes at once."""
 

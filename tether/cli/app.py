@@ -166,10 +166,21 @@ def worker(
     poll: Annotated[float | None, typer.Option("--poll", min=0.001, help="Idle poll, s.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per run.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print final counts as JSON.")] = False,
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", "-p", help="local (default), celery or temporal."),
+    ] = None,
 ) -> None:
     """Execute queued runs. Ctrl-C stops cleanly: runs in flight finish; a second Ctrl-C
     releases them to be retried."""
-    overrides = {"concurrency": concurrency, "lease_seconds": lease, "poll_interval": poll}
+    from tether.providers import get_provider
+
+    overrides = {
+        "concurrency": concurrency,
+        "lease_seconds": lease,
+        "poll_interval": poll,
+        "provider": provider,
+    }
     project = _project(**overrides)
     store, graph = project.store, project.graph
     refs: dict[int, str] = {}
@@ -191,7 +202,7 @@ def worker(
             )
         console.print(line, highlight=False)
 
-    w = project.worker(on_complete=on_complete)
+    w = get_provider(project)
     stops = {"n": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -206,17 +217,18 @@ def worker(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    settings = project.settings
     if not (quiet or as_json):
         console.print(
-            f"worker {escape(w.id)}: {len(graph)} agents, concurrency {w.concurrency}, "
-            f"store {escape(project.settings.url)}"
+            f"{w.name} worker: {len(graph)} agents, concurrency {settings.concurrency}, "
+            f"store {escape(store.engine.url.render_as_string(hide_password=True))}"
         )
     try:
-        stats = w.run(until_idle=until_idle)
+        stats = w.run(until_idle=until_idle, on_complete=on_complete)
     finally:
         project.close()
     summary = {
-        "worker": w.id,
+        "provider": w.name,
         "claimed": stats.claimed,
         "succeeded": stats.succeeded,
         "failed": stats.failed,

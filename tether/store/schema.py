@@ -84,6 +84,8 @@ runs = Table(
     Column("finished_at", Time, nullable=True),
     Column("worker", String(200), nullable=True),
     Column("lease_expires_at", Time, nullable=True),
+    # When a provider (Celery, Temporal) last handed the queued run to its engine.
+    Column("dispatched_at", Time, nullable=True),
     Index(None, "status", "available_at"),
     Index(None, "task_id", "status"),
 )

@@ -401,6 +401,106 @@ class Store(StoreReads):
             for c in sorted(claimed, key=lambda c: c.id)
         ]
 
+    def claim_run(
+        self,
+        run_id: int,
+        *,
+        worker: str,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> Claim | None:
+        """Claim one run by id, for providers that deliver run ids (Celery, Temporal).
+
+        None when the run is not claimable: already claimed or finished (a message
+        delivered twice), not yet due, or its task has another run in flight. That makes a
+        duplicate delivery harmless: only one delivery ever executes the run.
+        """
+        now = time.time() if now is None else now
+        lease = now + lease_seconds
+        busy = runs.alias("busy")
+        stmt = (
+            update(runs)
+            .where(
+                runs.c.id == run_id,
+                runs.c.status == "queued",
+                runs.c.available_at <= now,
+                ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
+            )
+            .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
+            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+        )
+
+        def body(conn: Connection) -> Claim | None:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            task = conn.execute(
+                select(tasks.c.agent, tasks.c.key).where(tasks.c.id == row.task_id)
+            ).one()
+            return Claim(
+                run_id=row.id,
+                task_id=row.task_id,
+                agent=task.agent,
+                key=task.key,
+                attempt=row.attempt,
+                reason=row.reason,
+                note=row.note,
+                lease_expires_at=lease,
+            )
+
+        return self._transact(body)
+
+    def dispatch_batch(
+        self,
+        *,
+        limit: int,
+        redispatch_after: float,
+        agents: Collection[str] | None = None,
+        now: float | None = None,
+    ) -> list[tuple[int, str]]:
+        """Mark up to ``limit`` due queued runs as dispatched and return ``(run id, agent)``
+        for the provider to hand to its engine — the outbox of the Celery and Temporal
+        providers. A run dispatched more than ``redispatch_after`` seconds ago and still
+        queued (its message was lost) is returned again; duplicates are harmless because
+        :meth:`claim_run` executes a run at most once."""
+        now = time.time() if now is None else now
+        r = runs.alias("r")
+        q = (
+            select(r.c.id)
+            .where(
+                r.c.status == "queued",
+                r.c.available_at <= now,
+                (r.c.dispatched_at.is_(None)) | (r.c.dispatched_at < now - redispatch_after),
+            )
+            .order_by(r.c.available_at, r.c.id)
+            .limit(limit)
+        )
+        if agents is not None:
+            q = q.join(tasks, tasks.c.id == r.c.task_id).where(tasks.c.agent.in_(list(agents)))
+        if self.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=r)
+        candidates = q.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+
+        def body(conn: Connection) -> list[tuple[int, str]]:
+            ids = conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(select(candidates.c.id)))
+                .values(dispatched_at=now)
+                .returning(runs.c.id, runs.c.task_id)
+            ).all()
+            if not ids:
+                return []
+            names = dict(
+                conn.execute(
+                    select(tasks.c.id, tasks.c.agent).where(
+                        tasks.c.id.in_({row.task_id for row in ids})
+                    )
+                ).all()
+            )
+            return sorted((row.id, names[row.task_id]) for row in ids)
+
+        return self._transact(body)
+
     def renew(
         self, worker: str, run_ids: Iterable[int], *, lease_seconds: float
     ) -> set[int]:

@@ -1,0 +1,130 @@
+"""The provider interface: how queued runs get executed.
+
+Every provider keeps the store as the source of truth. The local provider claims queued
+runs itself (:class:`tether.runtime.Worker`). Engine providers (Celery, Temporal) run a
+:class:`Dispatcher` — an outbox relay that hands due queued runs to the engine by id and
+reaps runs whose worker was lost — and execute each delivered id with
+:class:`tether.runtime.single.RunOne`, which claims it by id (so duplicates do nothing).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from tether.runtime.single import RunOne
+from tether.runtime.worker import WorkerStats
+from tether.store import Completion
+
+if TYPE_CHECKING:
+    from tether.project import Project
+
+Listener = Callable[[Completion], None]
+Publish = Callable[[Sequence[tuple[int, str]]], None]
+"""Hands ``(run id, agent)`` pairs to the engine."""
+
+
+class Provider(ABC):
+    """One way of executing a project's queued runs."""
+
+    name: ClassVar[str]
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.settings = project.settings
+
+    @abstractmethod
+    def run(
+        self,
+        *,
+        until_idle: bool = False,
+        concurrency: int | None = None,
+        on_complete: Listener | None = None,
+    ) -> WorkerStats:
+        """Execute runs until stopped, or with ``until_idle`` until the store holds no
+        queued or running run of this project's agents."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop taking new runs; runs in flight finish."""
+
+    def abort(self) -> None:
+        """Stop now; runs in flight are left to their leases."""
+        self.stop()
+
+    def idle(self) -> bool:
+        """True when no run of this project's agents is queued or running."""
+        pending = self.project.store.pending(agents=frozenset(self.project.graph.agents))
+        return pending.queued == 0 and pending.running == 0
+
+
+class Dispatcher:
+    """The outbox relay of engine providers: every ``poll`` seconds it reaps lost runs and
+    hands due queued runs to the engine (``publish``). A run it handed over that is still
+    queued after ``redispatch_after`` seconds (the message was lost) is handed over again.
+    """
+
+    def __init__(
+        self,
+        runner: RunOne,
+        publish: Publish,
+        *,
+        poll: float = 0.1,
+        redispatch_after: float = 30.0,
+        batch: int = 256,
+    ) -> None:
+        self.runner = runner
+        self.publish = publish
+        self.poll = poll
+        self.redispatch_after = redispatch_after
+        self.batch = batch
+        self.dispatched = 0
+        self.reaped = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> int:
+        """One pass: reap, then dispatch what is due. Returns the runs dispatched."""
+        self.reaped += len(self.runner.reap())
+        due = self.runner.store.dispatch_batch(
+            limit=self.batch,
+            redispatch_after=self.redispatch_after,
+            agents=frozenset(self.runner.graph.agents),
+        )
+        if due:
+            self.publish(due)
+            self.dispatched += len(due)
+        return len(due)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.tick() >= self.batch
+            except Exception:  # a broker or store hiccup: try again next pass
+                busy = False
+            if not busy:
+                self._stop.wait(self.poll)
+
+    def start(self) -> None:
+        """Run :meth:`tick` every ``poll`` seconds on a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="tether-dispatch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def wait_until_idle(provider: Provider, *, stop: threading.Event, poll: float = 0.1) -> None:
+    """Block until the provider's store is idle (twice in a row, a poll apart) or ``stop``."""
+    quiet = 0
+    while not stop.is_set():
+        quiet = quiet + 1 if provider.idle() else 0
+        if quiet >= 2:
+            return
+        time.sleep(poll)
