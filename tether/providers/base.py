@@ -55,6 +55,15 @@ class Provider(ABC):
         """Stop now; runs in flight are left to their leases."""
         self.stop()
 
+    def deliver(self, runs: Sequence[tuple[int, str]]) -> None:
+        """Hand ``(run id, agent)`` pairs to the engine now, even if already handed over.
+
+        Engine providers publish them (a duplicate is harmless: a run is claimed by id at
+        most once); the local provider pulls runs from the store, so there is nothing to
+        deliver. Tests use it to prove duplicate deliveries execute nothing twice.
+        """
+        return None  # the local provider's default: runs are pulled, never delivered
+
     def idle(self) -> bool:
         """True when no run of this project's agents is queued or running."""
         pending = self.project.store.pending(agents=frozenset(self.project.graph.agents))

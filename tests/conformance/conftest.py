@@ -1,0 +1,99 @@
+"""The provider x store combinations every conformance test runs on.
+
+local+SQLite, local+PostgreSQL, Celery+PostgreSQL (Redis broker) and Temporal+PostgreSQL
+(a dev server started for the session). Each backend drains work in-process through
+:func:`tether.providers.get_provider` and gives the settings for `tether worker`
+subprocesses, so the same scenarios run unchanged on every engine.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tests.process.helpers import env_for
+from tests.services import REDIS_URL, require, temporal_dev_server
+from tether.providers import get_provider
+
+BACKENDS = ["local-sqlite", "local-postgresql"]  # engines join as their providers land
+
+
+@dataclass
+class Backend:
+    """One provider x store combination, for one test's project folder."""
+
+    name: str
+    project_dir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a `tether` subprocess on this backend."""
+        values = {f"TETHER_{k.upper()}": str(v) for k, v in self.settings.items()}
+        return env_for(self.project_dir, **{**values, **extra})
+
+    def project(self) -> tether.Project:
+        return tether.Project.load(self.project_dir, **self.settings)
+
+    def drain(self, *, timeout: float = 90, **overrides: Any) -> tether.WorkerStats:
+        """Run the provider in this process until nothing is queued or running."""
+        with tether.Project.load(self.project_dir, **{**self.settings, **overrides}) as p:
+            provider = get_provider(p)
+            result: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    result["stats"] = provider.run(until_idle=True)
+                except BaseException as exc:  # surfaced below, in the test's thread
+                    result["error"] = exc
+
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            thread.join(timeout)
+            if thread.is_alive():
+                provider.abort()
+                thread.join(10)
+                pytest.fail(f"{self.name}: the provider did not drain within {timeout} s")
+            if "error" in result:
+                raise result["error"]
+            stats: tether.WorkerStats = result["stats"]
+            return stats
+
+    def deliver(self, runs: list[tuple[int, str]]) -> None:
+        """Hand runs to the engine again (a duplicate delivery)."""
+        with tether.Project.load(self.project_dir, **self.settings) as p:
+            get_provider(p).deliver(runs)
+
+
+@pytest.fixture(scope="session")
+def temporal_address() -> Iterator[str]:
+    with temporal_dev_server() as address:
+        yield address
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    provider, store = request.param.split("-")
+    settings: dict[str, Any] = {
+        "provider": provider,
+        "poll_interval": 0.02,
+        "lease_seconds": 5.0,
+        "concurrency": 4,
+        "task_queue": f"tether-conf-{secrets.token_hex(4)}",
+    }
+    if store == "postgresql":
+        settings["database_url"] = request.getfixturevalue("pg_url")
+    else:
+        settings["database_url"] = f"sqlite:///{tmp_path / '.tether' / 'tether.db'}"
+    if provider == "celery":
+        require("redis", 6379)
+        settings["broker_url"] = REDIS_URL
+    if provider == "temporal":
+        settings["temporal_address"] = request.getfixturevalue("temporal_address")
+    return Backend(request.param, tmp_path, settings)
