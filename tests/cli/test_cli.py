@@ -129,3 +129,16 @@ def test_db_upgrade_and_current(project: Path) -> None:
     current = json.loads(tether(project, "db", "current", "--json").stdout)
     assert current["revision"] == current["head"] == HEAD
     assert current["url"].endswith(".tether/tether.db")
+
+
+def test_db_copy_moves_the_sqlite_store_to_postgresql(project: Path, pg_url: str) -> None:
+    tether(project, "submit", "greet", "ada", "--input", '{"name": "Ada"}')
+    tether(project, "worker", "--until-idle", "--quiet")
+    counts = json.loads(tether(project, "db", "copy", "--to", pg_url, "--json").stdout)
+    assert (counts["tasks"], counts["runs"], counts["triggers"]) == (2, 2, 1)
+    env = env_for(project, TETHER_DATABASE_URL=pg_url)
+    shown = json.loads(tether(project, "show", "log_greeting/ada", "--json", env=env).stdout)
+    assert shown["runs"][0]["output"] == {"logged": "Hello, Ada!"}
+    assert json.loads(tether(project, "verify", "--json", env=env).stdout)["ok"] is True
+    again = tether(project, "db", "copy", "--to", pg_url, check=False)
+    assert again.returncode == 1 and "not empty" in again.stderr

@@ -333,6 +333,46 @@ def db_current(as_json: JsonOpt = False) -> None:
         console.print(f"{escape(url)}: revision {rev or '(empty)'} (head {migrate.HEAD})")
 
 
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[str, typer.Option("--to", help="URL of the empty target database.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy this project's store (e.g. the SQLite default) into another database (e.g. a new
+    PostgreSQL one), keeping every id, run, step, edge and ledger entry."""
+    from rich.progress import Progress
+
+    from tether.store import Store
+    from tether.store.copy import copy_store
+
+    settings = _project().settings
+    source = Store.open(settings)
+    target = Store.open(to)
+    try:
+        if as_json:
+            counts = copy_store(source, target)
+        else:
+            with Progress(console=render.err_console, transient=True) as progress:
+                bar = progress.add_task("copying", total=None)
+                counts = copy_store(
+                    source,
+                    target,
+                    progress=lambda table, n: progress.update(
+                        bar, advance=n, description=f"copying {table}"
+                    ),
+                )
+    finally:
+        source.close()
+        target.close()
+    if as_json:
+        emit_json(counts)
+    else:
+        rows = ", ".join(f"{n} {name}" for name, n in counts.items())
+        console.print(f"copied {rows}")
+        console.print("now point the project at it: TETHER_DATABASE_URL=… or database_url "
+                      "in tether.toml")
+
+
 def main() -> None:
     """Entry point: run the CLI; a Tether error is one line on stderr, exit status 1."""
     try:
