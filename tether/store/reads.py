@@ -212,7 +212,7 @@ class StoreReads:
 
     # -- triggers ------------------------------------------------------------------
 
-    def _triggers(self, where: Any) -> list[Trigger]:
+    def _triggers(self, where: Any, *, limit: int | None = None) -> list[Trigger]:
         up = tasks.alias("up")
         down = tasks.alias("down")
         q = (
@@ -225,6 +225,7 @@ class StoreReads:
             .join(down, down.c.id == triggers.c.downstream_task_id)
             .where(where)
             .order_by(triggers.c.id)
+            .limit(limit)
         )
         with self.engine.connect() as conn:
             return [
@@ -362,34 +363,7 @@ class StoreReads:
         closure = closure.union(
             select(step.c.id, step_far).join(closure, step_near == closure.c.next)
         )
-        up = tasks.alias("up")
-        down = tasks.alias("down")
-        q = (
-            select(
-                triggers,
-                (up.c.agent + "/" + up.c.key).label("up_ref"),
-                (down.c.agent + "/" + down.c.key).label("down_ref"),
-            )
-            .join(up, up.c.id == triggers.c.upstream_task_id)
-            .join(down, down.c.id == triggers.c.downstream_task_id)
-            .where(triggers.c.id.in_(select(closure.c.id)))
-            .order_by(triggers.c.id)
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return [
-                Trigger(
-                    id=r.id,
-                    name=r.name,
-                    upstream_task_id=r.upstream_task_id,
-                    upstream_run_id=r.upstream_run_id,
-                    downstream_task_id=r.downstream_task_id,
-                    created_at=r.created_at,
-                    upstream_ref=r.up_ref,
-                    downstream_ref=r.down_ref,
-                )
-                for r in conn.execute(q)
-            ]
+        return self._triggers(triggers.c.id.in_(select(closure.c.id)), limit=limit)
 
 
 def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[list[int]]:
