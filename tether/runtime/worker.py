@@ -166,7 +166,8 @@ class Worker:
             while True:
                 completions = self._drain()
                 stopping = self._stop.is_set()
-                free = 0 if stopping else self.concurrency - self.inflight
+                # Runs drained here are done: their slots are free for this same commit.
+                free = 0 if stopping else self.concurrency - self.inflight + len(completions)
                 claims: list[Claim] = []
                 if completions or free > 0:
                     accepted, claims = self.store.exchange(
@@ -224,8 +225,8 @@ class Worker:
         self.stats.reaped += len(self.store.reap(self._executor.retry_at, agents=self._agents))
 
     def _sleep_for(self, until_idle: bool) -> float:
-        if not until_idle:
-            return self.poll_interval
+        if not until_idle or self.inflight:
+            return self.poll_interval  # a finishing run sets the wake event anyway
         nxt = self.store.pending(agents=self._agents).next_at
         if nxt is None:
             return self.poll_interval

@@ -124,6 +124,50 @@ class Store(StoreReads):
 
     # -- the ledger ----------------------------------------------------------------
 
+    def _append_many(
+        self, conn: Connection,
+        batches: Sequence[tuple[int, Sequence[tuple[str, Mapping[str, Any]]], float]],
+    ) -> None:
+        """`_append` for many tasks at once: one query for the tips, one insert."""
+        if not batches:
+            return
+        ids = sorted({t for t, _, _ in batches})
+        for t in ids:
+            self._lock_task(conn, t)
+        last = (
+            select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
+            .where(ledger.c.task_id.in_(ids))
+            .group_by(ledger.c.task_id)
+            .subquery()
+        )
+        tips = {
+            r.task_id: (r.seq, r.hash)
+            for r in conn.execute(
+                select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
+                    last, and_(ledger.c.task_id == last.c.task_id, ledger.c.seq == last.c.seq)
+                )
+            )
+        }
+        rows = []
+        for task_id, entries, now in batches:
+            seq, prev = tips.get(task_id, (0, GENESIS))
+            for kind, record in entries:
+                seq += 1
+                record_digest = digest(kind, record)
+                ref = ref_of(kind, record)
+                entry_hash = chain(prev, kind, ref, record_digest)
+                rows.append(
+                    {
+                        "task_id": task_id, "seq": seq, "kind": kind, "ref": ref,
+                        "digest": record_digest, "prev_hash": prev, "hash": entry_hash,
+                        "created_at": now,
+                    }
+                )
+                prev = entry_hash
+            tips[task_id] = (seq, prev)
+        if rows:
+            conn.execute(insert(ledger), rows)
+
     def _append(
         self, conn: Connection, task_id: int, entries: Sequence[tuple[str, Mapping[str, Any]]],
         now: float,
@@ -233,20 +277,15 @@ class Store(StoreReads):
     def _upsert_task(
         self, conn: Connection, agent: str, key: str, now: float
     ) -> tuple[int, bool]:
+        stmt = self._insert_ignore(tasks).values(agent=agent, key=key, created_at=now)
+        new = conn.execute(stmt.returning(tasks.c.id)).scalar()
+        if new is not None:
+            return new, True  # a row this transaction inserted is locked by it already
         found = conn.execute(
             select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
-        ).scalar()
-        if found is not None:
-            self._lock_task(conn, found)
-            return found, False
-        stmt = self._insert_ignore(tasks).values(agent=agent, key=key, created_at=now)
-        # RETURNING, not rowcount: with implicit RETURNING psycopg reports rowcount -1.
-        inserted = conn.execute(stmt.returning(tasks.c.id)).first() is not None
-        task_id = conn.execute(
-            select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
         ).scalar_one()
-        self._lock_task(conn, task_id)
-        return task_id, inserted
+        self._lock_task(conn, found)
+        return found, False
 
     def _attach_input(
         self, conn: Connection, task_id: int, data: Any, now: float
@@ -663,38 +702,27 @@ class Store(StoreReads):
 
     def _complete(self, conn: Connection, completions: Sequence[Completion]) -> list[int]:
         accepted: list[int] = []
+        step_rows: list[tuple[int, StepWrite]] = []
+        finals: list[tuple[Completion, dict[str, Any]]] = []
         for c in completions:
-            values: dict[str, Any] = {
-                "status": "succeeded" if c.succeeded else "failed",
-                "finished_at": c.finished_at,
-                "lease_expires_at": None,
-            }
-            if c.succeeded:
-                values["output"] = c.output
-                values["waiting_for"] = c.waiting_for
-            else:
-                values["failure_class"] = c.failure_class
-                values["failure_reason"] = c.failure_reason
             final = conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == c.run_id,
-                    runs.c.status == "running",
-                    runs.c.worker == c.worker,
-                )
-                .values(**values)
-                .returning(*RUN_FIELDS)
+                _FINISH_RUN,
+                {
+                    "b_id": c.run_id,
+                    "b_worker": c.worker,
+                    "status": "succeeded" if c.succeeded else "failed",
+                    "finished_at": c.finished_at,
+                    "output": c.output if c.succeeded else None,
+                    "waiting_for": c.waiting_for if c.succeeded else None,
+                    "failure_class": None if c.succeeded else c.failure_class,
+                    "failure_reason": None if c.succeeded else c.failure_reason,
+                },
             ).first()
             if final is None:
                 continue  # the lease was lost: this worker no longer owns the run
             accepted.append(c.run_id)
-            finished_steps = self._write_steps(conn, [(c.run_id, s) for s in c.steps])
-            self._append(
-                conn,
-                c.task_id,
-                [*(("step", r) for r in finished_steps), ("run", dict(final._mapping))],
-                c.finished_at,
-            )
+            step_rows.extend((c.run_id, s) for s in c.steps)
+            finals.append((c, dict(final._mapping)))
             for edge in c.edges:
                 self._record_edge(conn, c, edge)
             if c.retry_at is not None:
@@ -706,6 +734,17 @@ class Store(StoreReads):
                     attempt=c.attempt + 1,
                     available_at=c.retry_at,
                 )
+        finished: dict[int, list[dict[str, Any]]] = {}
+        for r in self._write_steps(conn, step_rows):
+            finished.setdefault(r["run_id"], []).append(r)
+        self._append_many(
+            conn,
+            [
+                (c.task_id, [*(("step", r) for r in finished.get(c.run_id, [])), ("run", rec)],
+                 c.finished_at)
+                for c, rec in finals
+            ],
+        )
         return accepted
 
     def _record_edge(self, conn: Connection, c: Completion, edge: Edge) -> None:
@@ -721,6 +760,9 @@ class Store(StoreReads):
             .returning(triggers.c.id)
         ).first()
         if added is None:
+            return
+        if edge.requires == (edge.name,):  # the only trigger it needs: no join to decide
+            self._enqueue(conn, downstream, reason="trigger", now=c.finished_at)
             return
         fired = set(
             conn.execute(
@@ -840,6 +882,26 @@ class Store(StoreReads):
         with self.engine.connect() as conn:
             row = conn.execute(q).one()
         return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
+
+
+_FINISH_RUN = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("b_id"),
+        runs.c.status == "running",
+        runs.c.worker == bindparam("b_worker"),
+    )
+    .values(
+        status=bindparam("status"),
+        finished_at=bindparam("finished_at"),
+        lease_expires_at=None,
+        output=bindparam("output"),
+        waiting_for=bindparam("waiting_for"),
+        failure_class=bindparam("failure_class"),
+        failure_reason=bindparam("failure_reason"),
+    )
+    .returning(*RUN_FIELDS)
+)
 
 
 def _step_values(run_id: int, s: StepWrite) -> dict[str, Any]:
