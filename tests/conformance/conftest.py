@@ -22,7 +22,7 @@ from tests.process.helpers import env_for
 from tests.services import REDIS_URL, require, temporal_dev_server
 from tether.providers import get_provider
 
-BACKENDS = ["local-sqlite", "local-postgresql"]  # engines join as their providers land
+BACKENDS = ["local-sqlite", "local-postgresql", "celery-postgresql", "temporal-postgresql"]
 
 
 @dataclass

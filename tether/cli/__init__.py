@@ -3,7 +3,8 @@
 from tether.cli import (
     operate,  # registers retry, cancel and verify on `app`
     provenance,  # registers why, why-not and graph on `app`
+    temporal,  # registers `temporal dev` on `app`
 )
 from tether.cli.app import app, main
 
-__all__ = ["app", "main", "operate", "provenance"]
+__all__ = ["app", "main", "operate", "provenance", "temporal"]

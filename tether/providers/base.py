@@ -93,6 +93,7 @@ class Dispatcher:
         self.dispatched = 0
         self.reaped = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def tick(self) -> int:
@@ -115,7 +116,14 @@ class Dispatcher:
             except Exception:  # a broker or store hiccup: try again next pass
                 busy = False
             if not busy:
-                self._stop.wait(self.poll)
+                self._wake.wait(self.poll)
+                self._wake.clear()
+
+    def wake(self) -> None:
+        """Tick now instead of at the end of the poll: a run just finished, so the runs
+        it triggered are queued and due (one wake-up serves every completion until the
+        tick, so a busy worker still dispatches in batches)."""
+        self._wake.set()
 
     def start(self) -> None:
         """Run :meth:`tick` every ``poll`` seconds on a background thread."""
@@ -125,6 +133,7 @@ class Dispatcher:
     def stop(self) -> None:
         """Stop the background thread."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

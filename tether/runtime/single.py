@@ -9,6 +9,7 @@ the same :class:`tether.store.Completion` path the local worker uses.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.graph.registry import Graph
@@ -43,11 +44,14 @@ class RunOne:
         *,
         lease_seconds: float = 30.0,
         worker_id: str | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
     ) -> None:
         self.store = store
         self.graph = graph
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or default_worker_id()
+        self.on_complete = on_complete
+        """Called (on the executing thread) with every completion the store recorded."""
         self._executor = Executor(store, graph)
 
     def __call__(self, run_id: int) -> Outcome:
@@ -76,6 +80,8 @@ class RunOne:
             done.set()
             beat.join(timeout=5)
         recorded = run_id in self.store.complete([completion])
+        if recorded and self.on_complete is not None:
+            self.on_complete(completion)
         return Outcome(
             run_id=run_id,
             executed=True,
@@ -86,9 +92,12 @@ class RunOne:
             retry_at=completion.retry_at,
         )
 
-    def reap(self) -> list[int]:
-        """Fail runs whose worker was lost (lease expired) and queue their retries."""
-        return self.store.reap(self._executor.retry_at, agents=frozenset(self.graph.agents))
+    def reap(self, *, followed: bool = False) -> list[int]:
+        """Fail runs whose worker was lost (lease expired) and queue their retries
+        (``followed``: see :meth:`tether.store.Store.reap`)."""
+        return self.store.reap(
+            self._executor.retry_at, agents=frozenset(self.graph.agents), followed=followed
+        )
 
     def close(self) -> None:
         """Stop the shared event loop of coroutine agents, if one was started."""

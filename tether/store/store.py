@@ -318,6 +318,7 @@ class Store(StoreReads):
         attempt: int = 1,
         available_at: float | None = None,
         note: str | None = None,
+        dispatched_at: float | None = None,
     ) -> int | None:
         """Queue a run unless one is already queued (it will see the newest state) or an
         operator cancelled the task (only an operator's retry lifts that)."""
@@ -341,6 +342,7 @@ class Store(StoreReads):
                 status="queued",
                 created_at=now,
                 available_at=now if available_at is None else available_at,
+                dispatched_at=dispatched_at,
             )
         )
         pk = result.inserted_primary_key
@@ -558,11 +560,19 @@ class Store(StoreReads):
             return set(held)
 
     def reap(
-        self, decide: Decide, *, agents: Collection[str] | None = None, now: float | None = None
+        self,
+        decide: Decide,
+        *,
+        agents: Collection[str] | None = None,
+        now: float | None = None,
+        followed: bool = False,
     ) -> list[int]:
         """Fail runs whose lease expired (their worker is lost) and queue their retries.
 
         ``decide(agent, attempt)`` gives the retry time, or None when attempts are spent.
+        With ``followed`` (the Temporal provider: the reaped run's workflow starts its
+        retry's), each retry is queued as already dispatched at its due time, so the outbox
+        hands it over only if it is still queued ``redispatch_after`` seconds after that.
         Returns the ids of the runs reaped.
         """
         now = time.time() if now is None else now
@@ -616,6 +626,7 @@ class Store(StoreReads):
                         now=now,
                         attempt=row.attempt + 1,
                         available_at=retry_at,
+                        dispatched_at=retry_at if followed else None,
                     )
             return reaped
 

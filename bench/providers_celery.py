@@ -1,0 +1,570 @@
+"""Benchmark the Celery provider against the same work written directly against Celery.
+
+    python bench/providers_celery.py               # the full run (about 2 minutes on 2 cores)
+    python bench/providers_celery.py --quick       # a smoke run (about 40 seconds)
+    python bench/providers_celery.py --json out.json
+
+The work: a chain of three no-op agents ``a -> b -> c`` linked by triggers (three runs per
+chain). Both sides use the same broker (Redis), the same Celery settings (late
+acknowledgement, prefetch 1, JSON, thread pool, ``--concurrency`` threads per process) and
+worker processes started the same way, side by side in one run:
+
+- **plain Celery**: tasks ``a``, ``b``, ``c``; each publishes the next (no harness, no
+  database). ``c`` pushes its finish time to a Redis list, which is how the bench learns a
+  chain ended.
+- **Tether on Celery**: ``tether worker --provider celery`` processes on a PostgreSQL store
+  (full durability: every commit synced). Chains are submitted with ``Project.submit``; a
+  chain ended when ``c``'s run is recorded as succeeded (its ``finished_at``).
+- **Tether's local worker** on the same store, for reference: what the harness itself costs
+  without Celery.
+
+Measured per system: **throughput** (a burst of ``--chains`` chains submitted at once, with
+workers idle and warm; runs per second from the first submission to the last ``c``
+finished) for 1, 2 and 4 worker processes; and **latency** (chains submitted one at a time,
+each after the previous one ended; median and p99 of submission -> ``c`` finished) with one
+worker process. Tether's latency is given at the default dispatcher poll interval (0.2 s:
+the wait before a submitted root is published) and at 0.02 s. **CPU per run** counts the
+worker processes, Redis, the PostgreSQL backends of the bench's database and the bench's
+own process (not other jobs on the machine, nor PostgreSQL's background writers). Results
+go to the terminal as tables; ``--json`` keeps every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tether  # noqa: E402
+from tether.providers.celery import make_app  # noqa: E402
+
+console = Console() if sys.stdout.isatty() else Console(width=130)
+
+AGENTS = textwrap.dedent(
+    """
+    import tether
+
+
+    @tether.agent(emits="a.done")
+    def a(ctx):
+        return None
+
+
+    @tether.agent(subscribes="a.done", emits="b.done")
+    def b(ctx):
+        return None
+
+
+    @tether.agent(subscribes="b.done")
+    def c(ctx):
+        return None
+    """
+)
+
+
+@dataclass
+class Result:
+    """One measurement."""
+
+    system: str  # "celery" (plain) or "tether"
+    kind: str  # "throughput" or "latency"
+    workers: int
+    chains: int
+    seconds: float
+    latencies: list[float]
+    poll: float | None = None
+    cpu_seconds: float = math.nan
+    """CPU time the work took during the trial: the workers, Redis, the PostgreSQL
+    backends of the bench's database and the bench itself (see :class:`CpuMeter`)."""
+
+    @property
+    def runs_per_second(self) -> float:
+        return 3 * self.chains / self.seconds
+
+    @property
+    def cpu_ms_per_run(self) -> float:
+        return self.cpu_seconds / (3 * self.chains) * 1e3
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["runs_per_second"] = self.runs_per_second
+        data["cpu_ms_per_run"] = self.cpu_ms_per_run
+        if self.latencies:
+            data["latency_ms_median"] = median(self.latencies) * 1e3
+            data["latency_ms_p99"] = percentile(self.latencies, 99) * 1e3
+        return data
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used; 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "redis-server":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU time of the processes doing the work — the workers, Redis, the PostgreSQL
+    backends serving this bench's database, and the bench itself — so that other jobs on
+    a shared machine do not count."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self.start: dict[int, float] = {}
+        self.self_start = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {pid: process_cpu(pid) for pid in self.pids()}
+        self.self_start = _self_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = {pid: process_cpu(pid) for pid in {*self.start, *self.pids()}}
+        self.seconds = sum(end[pid] - self.start.get(pid, 0.0) for pid in end) + (
+            _self_cpu() - self.self_start
+        )
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+# -- plain Celery ------------------------------------------------------------------------
+
+
+def plain_app(broker: str, queue: str) -> Any:
+    """Tasks a -> b -> c written directly against Celery, with the provider's settings."""
+    import redis as redis_lib
+
+    app = make_app(broker, queue)
+    done = redis_lib.Redis.from_url(broker)
+
+    @app.task(name="bench.a", shared=False)
+    def a(chain: int, t0: float) -> None:
+        app.send_task("bench.b", args=(chain, t0), queue=queue)
+
+    @app.task(name="bench.b", shared=False)
+    def b(chain: int, t0: float) -> None:
+        app.send_task("bench.c", args=(chain, t0), queue=queue)
+
+    @app.task(name="bench.c", shared=False)
+    def c(chain: int, t0: float) -> None:
+        done.rpush(f"bench:done:{queue}", json.dumps([chain, t0, time.time()]))
+
+    return app
+
+
+def plain_worker(broker: str, queue: str, concurrency: int) -> None:
+    """A plain `celery worker` process (thread pool) for the tasks above."""
+    app = plain_app(broker, queue)
+    app.worker_main([
+        "worker", "--pool=threads", f"--concurrency={concurrency}", f"--queues={queue}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
+    ])
+
+
+class PlainCelery:
+    """Drives plain Celery worker processes."""
+
+    system = "celery"
+
+    def __init__(self, broker: str, concurrency: int) -> None:
+        import redis as redis_lib
+
+        self.broker = broker
+        self.concurrency = concurrency
+        self.queue = f"bench-plain-{secrets.token_hex(3)}"
+        self.app = plain_app(broker, self.queue)
+        self.redis = redis_lib.Redis.from_url(broker)
+        self.done_key = f"bench:done:{self.queue}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, workers: int) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "plain-worker", self.broker, self.queue,
+                 str(self.concurrency)],
+                stdout=subprocess.DEVNULL,
+                # Celery warns that the worker runs as root (as on this bench machine).
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )
+            for _ in range(workers)
+        ]
+        self.run_chains(1)  # warm: every process has connected and consumes
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs] + redis_pids()
+
+    def stop(self) -> None:
+        stop_all(self.procs)
+        self.redis.delete(self.done_key)
+        delete_queue(self.broker, self.queue)
+
+    def publish(self, chain: int) -> float:
+        t0 = time.time()
+        self.app.send_task("bench.a", args=(chain, t0), queue=self.queue)
+        return t0
+
+    def run_chains(self, n: int) -> tuple[float, list[float]]:
+        """Publish n chains at once; (seconds until the last ended, latencies)."""
+        self.redis.delete(self.done_key)
+        start = time.time()
+        with self.app.producer_or_acquire() as producer:
+            for i in range(n):
+                self.app.send_task("bench.a", args=(i, time.time()), queue=self.queue,
+                                   producer=producer)
+        ends = [self.wait_one() for _ in range(n)]
+        return max(end for _, end in ends) - start, [end - t0 for t0, end in ends]
+
+    def wait_one(self) -> tuple[float, float]:
+        popped = self.redis.blpop([self.done_key], timeout=60)
+        if popped is None:
+            raise RuntimeError("plain Celery: a chain did not finish within 60 s")
+        _chain, t0, end = json.loads(popped[1])
+        return t0, end
+
+    def latency(self, n: int) -> list[float]:
+        self.redis.delete(self.done_key)
+        out = []
+        for i in range(n):
+            self.publish(i)
+            t0, end = self.wait_one()
+            out.append(end - t0)
+        return out
+
+
+# -- Tether on Celery --------------------------------------------------------------------
+
+
+class TetherWorkers:
+    """Drives `tether worker --provider PROVIDER` processes on a PostgreSQL store."""
+
+    def __init__(self, provider: str, broker: str, pg_url: str, concurrency: int,
+                 folder: Path) -> None:
+        self.provider = provider
+        self.system = "tether" if provider == "celery" else f"tether-{provider}"
+        self.broker = broker
+        self.pg_url = pg_url
+        self.concurrency = concurrency
+        self.folder = folder
+        (folder / "agents").mkdir(parents=True, exist_ok=True)
+        (folder / "agents" / "chain.py").write_text(AGENTS)
+        self.queue = f"bench-tether-{secrets.token_hex(3)}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.project: tether.Project | None = None
+        self.engine = create_engine(_psycopg(pg_url))
+        self.seq = 0
+
+    def start(self, workers: int, poll: float = 0.2) -> None:
+        self.engine.dispose()  # the reset ends every session on the database
+        reset_schema(self.pg_url)
+        self.project = tether.Project.load(self.folder, database_url=self.pg_url)
+        self.project.store  # noqa: B018 - migrate before the workers start
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        env.update(
+            TETHER_PROJECT_DIR=str(self.folder), TETHER_DATABASE_URL=self.pg_url,
+            TETHER_BROKER_URL=self.broker, TETHER_TASK_QUEUE=self.queue,
+            TETHER_PROVIDER=self.provider, TETHER_CONCURRENCY=str(self.concurrency),
+            TETHER_POLL_INTERVAL=str(poll),
+        )
+        # Their stderr ("stopping: ..." when stopped) goes to a file, kept for failures.
+        with (self.folder / f"workers-{self.system}.log").open("ab") as log:
+            self.procs = [
+                subprocess.Popen([sys.executable, "-m", "tether", "worker", "--quiet"],
+                                 cwd=self.folder, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=log)
+                for _ in range(workers)
+            ]
+        self.latency(1)  # warm: the workers have started and execute chains
+
+    def pids(self) -> list[int]:
+        with self.engine.connect() as conn:
+            backends = conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )).scalars().all()
+        return [p.pid for p in self.procs] + redis_pids() + list(backends)
+
+    def stop(self) -> None:
+        stop_all(self.procs)
+        if self.project is not None:
+            self.project.close()
+            self.project = None
+        if self.provider == "celery":
+            delete_queue(self.broker, self.queue)
+
+    def _submit(self) -> tuple[str, float]:
+        assert self.project is not None
+        self.seq += 1
+        key = f"k{self.seq}"
+        t0 = time.time()
+        self.project.submit("a", key)
+        return key, t0
+
+    def _finished(self, keys: Sequence[str]) -> dict[str, float]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT t.key, r.finished_at FROM runs r JOIN tasks t ON t.id = r.task_id "
+                    "WHERE t.agent = 'c' AND r.status = 'succeeded' AND t.key = ANY(:keys)"
+                ),
+                {"keys": list(keys)},
+            ).all()
+        return {key: finished for key, finished in rows}
+
+    def run_chains(self, n: int) -> tuple[float, list[float]]:
+        start = time.time()
+        submitted = dict(self._submit() for _ in range(n))
+        deadline = time.monotonic() + 120
+        while True:
+            finished = self._finished(list(submitted))
+            if len(finished) == n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tether: {n - len(finished)} chains unfinished after 120 s")
+            time.sleep(0.02)
+        return max(finished.values()) - start, [finished[k] - submitted[k] for k in submitted]
+
+    def latency(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            key, t0 = self._submit()
+            deadline = time.monotonic() + 60
+            while not (done := self._finished([key])):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tether: a chain did not finish within 60 s")
+                time.sleep(0.002)
+            out.append(done[key] - t0)
+        return out
+
+
+def _psycopg(url: str) -> Any:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" \
+        else parsed
+
+
+def reset_schema(url: str) -> None:
+    engine = create_engine(_psycopg(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ))
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def delete_queue(broker: str, name: str) -> None:
+    """Delete a queue and its messages; declared first, as Celery declares it, because
+    Redis only deletes what the channel knows it bound."""
+    from kombu import Connection, Exchange, Queue
+
+    with Connection(broker) as conn:
+        bound = Queue(name, Exchange(name), routing_key=name)(conn.default_channel)
+        bound.declare()
+        bound.delete()
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def create_database(server: str) -> tuple[str, Any]:
+    admin = create_engine(_psycopg(server), isolation_level="AUTOCOMMIT")
+    name = f"tether_bench_celery_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return make_url(server).set(database=name).render_as_string(hide_password=False), admin
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chains", type=int, default=400, help="chains per throughput trial")
+    parser.add_argument("--latency-chains", type=int, default=60)
+    parser.add_argument("--workers", default="1,2,4", help="worker processes to try")
+    parser.add_argument("--concurrency", type=int, default=4, help="threads per process")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput trials per cell")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--pg", default=os.environ.get("TETHER_TEST_PG_URL")
+                        or "postgresql://postgres@127.0.0.1:5432/test",
+                        help="a PostgreSQL server where this user may CREATE DATABASE")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.chains, args.latency_chains, args.rounds = 100, 20, 1
+    workers = [int(w) for w in args.workers.split(",")]
+
+    pg_url, admin = create_database(args.pg)
+    results: list[Result] = []
+    began = time.time()
+    folder = Path(tempfile.mkdtemp(prefix="bench-celery-"))
+    plain = PlainCelery(args.broker, args.concurrency)
+    harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder)
+    local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder)
+    try:
+        for k in workers:
+            # The two systems alternate, so a drift of the machine hits both alike.
+            for system in (plain, harness, local):
+                system.start(k)
+                try:
+                    for _ in range(args.rounds):
+                        with CpuMeter(system.pids) as meter:
+                            seconds, lat = system.run_chains(args.chains)
+                        results.append(Result(system.system, "throughput", k, args.chains,
+                                              seconds, lat, cpu_seconds=meter.seconds))
+                        rps = results[-1].runs_per_second
+                        console.print(f"{system.system:12} {k} proc: {rps:7.0f} runs/s, "
+                                      f"{results[-1].cpu_ms_per_run:.2f} CPU ms/run",
+                                      highlight=False)
+                finally:
+                    system.stop()
+        plain.start(1)
+        try:
+            t0 = time.time()
+            lat = plain.latency(args.latency_chains)
+            results.append(Result("celery", "latency", 1, len(lat), time.time() - t0, lat))
+        finally:
+            plain.stop()
+        for side in (harness, local):
+            for poll in (0.2, 0.02):
+                side.start(1, poll=poll)
+                try:
+                    t0 = time.time()
+                    lat = side.latency(args.latency_chains)
+                    results.append(Result(side.system, "latency", 1, len(lat), time.time() - t0,
+                                          lat, poll=poll))
+                finally:
+                    side.stop()
+    finally:
+        harness.engine.dispose()
+        local.engine.dispose()
+        with admin.connect() as conn:
+            name = make_url(pg_url).database
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    report(results, workers, args, time.time() - began)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "results": [r.to_json() for r in results],
+        }, indent=2))
+    return 0
+
+
+def report(results: list[Result], workers: list[int], args: Any, elapsed: float) -> None:
+    def rate(system: str, k: int) -> float:
+        return median([r.runs_per_second for r in results
+                       if (r.system, r.kind, r.workers) == (system, "throughput", k)])
+
+    def cpu(system: str, k: int) -> float:
+        return median([r.cpu_ms_per_run for r in results
+                       if (r.system, r.kind, r.workers) == (system, "throughput", k)])
+
+    table = Table(title=f"Throughput, runs/s (chain a -> b -> c, no-op work, Redis broker, "
+                        f"PostgreSQL store, {args.concurrency} threads per process)")
+    for name in ("processes", "plain Celery", "Tether on Celery", "Tether / Celery time",
+                 "Tether vs 1 process", "Tether local worker"):
+        table.add_column(name, justify="right")
+    base = rate("tether", workers[0])
+    for k in workers:
+        c, t, loc = rate("celery", k), rate("tether", k), rate("tether-local", k)
+        table.add_row(str(k), f"{c:,.0f}", f"{t:,.0f}", f"{c / t:.1f}x", f"{t / base:.2f}x",
+                      f"{loc:,.0f}")
+    console.print(table)
+
+    costs = Table(title="CPU per run, ms (worker processes, PostgreSQL backends, Redis and "
+                        "the bench's own process)")
+    for name in ("processes", "plain Celery", "Tether on Celery", "Tether local worker"):
+        costs.add_column(name, justify="right")
+    for k in workers:
+        costs.add_row(str(k), *(f"{cpu(system, k):.2f}"
+                                for system in ("celery", "tether", "tether-local")))
+    console.print(costs)
+
+    lat = Table(title="End-to-end latency of one chain (submitted -> c finished), one process")
+    lat.add_column("system")
+    lat.add_column("median ms", justify="right")
+    lat.add_column("p99 ms", justify="right")
+    for r in results:
+        if r.kind != "latency":
+            continue
+        name = {"celery": "plain Celery", "tether": "Tether on Celery"}.get(
+            r.system, "Tether local worker")
+        if r.poll is not None:
+            name += f", poll {r.poll} s"
+        lat.add_row(name, f"{median(r.latencies) * 1e3:.1f}",
+                    f"{percentile(r.latencies, 99) * 1e3:.1f}")
+    console.print(lat)
+    console.print(f"{os.cpu_count()} CPUs; whole run {elapsed:.0f} s", highlight=False)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "plain-worker":
+        plain_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        sys.exit(0)
+    sys.exit(main())
