@@ -1,7 +1,7 @@
 """The Temporal provider against the same work written directly against Temporal.
 
-    python bench/providers_temporal.py            # about 2 minutes on 2 cores
-    python bench/providers_temporal.py --quick    # a smoke run (about 30 seconds)
+    python bench/providers_temporal.py            # about 100 seconds on 2 cores
+    python bench/providers_temporal.py --quick    # a smoke run (about 15 seconds)
     python bench/providers_temporal.py --json out.json
 
 The work: a chain of three no-op agents ``a -> b -> c``. Three systems do it on one Temporal
@@ -20,7 +20,9 @@ round:
 Measured: **latency**, one chain at a time, from submitting it (Tether: ``Project.submit``;
 plain: ``start_workflow``) to the end of the third unit (Tether: ``c``'s outcome recorded);
 **throughput**, ``--chains`` chains submitted at once, runs (three per chain) per second
-until the last chain ends. Same worker concurrency (``--concurrency`` activities at once),
+until the last chain ends, with the CPU time per run of this process (the worker, and for
+Tether its submissions, outbox and store client; PostgreSQL's own CPU is not counted) and
+of the Temporal server. Same worker concurrency (``--concurrency`` activities at once),
 same workflow sandbox settings and eager workflow start on every side. Results: median over
 rounds; see the "Temporal provider" section of docs/benchmarks.md.
 """
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import secrets
 import statistics
 import sys
@@ -97,6 +100,20 @@ class PlainStep:
 # -- measurement -----------------------------------------------------------------------
 
 
+SERVER_PID = 0
+"""The Temporal dev server's process id, for its CPU time."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux), 0 if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -135,18 +152,25 @@ class Side:
         latencies = []
         for i in range(latency_chains):
             chain = f"lat-{tag}-{i}"
+            # Arrive at a random moment, as work does: right after the previous chain ended,
+            # Tether's outbox has just polled and a submission would wait a whole interval.
+            time.sleep(random.uniform(0, 0.05))
             began = time.time()
             self.submit_many([chain])
             wait_all(self.ended, self.done, [chain])
             latencies.append(self.done[chain] - began)
         chains = [f"tp-{tag}-{i}" for i in range(throughput_chains)]
+        cpu, server = time.process_time(), cpu_seconds(SERVER_PID)
         began = time.time()
         self.submit_many(chains)
         wait_all(self.ended, self.done, chains)
         elapsed = max(self.done[c] for c in chains) - began
+        runs = 3 * throughput_chains
         return {
             "latencies": latencies,
-            "runs_per_second": 3 * throughput_chains / elapsed,
+            "runs_per_second": runs / elapsed,
+            "worker_cpu_ms_per_run": (time.process_time() - cpu) / runs * 1000,
+            "server_cpu_ms_per_run": (cpu_seconds(SERVER_PID) - server) / runs * 1000,
         }
 
 
@@ -217,7 +241,9 @@ class TetherSide(Side):
 
     name = "tether (Temporal provider)"
 
-    def __init__(self, address: str, url: str, concurrency: int, work_dir: Path) -> None:
+    def __init__(
+        self, address: str, url: str, concurrency: int, work_dir: Path, poll: float
+    ) -> None:
         import tether
         from tether.providers import get_provider
 
@@ -244,9 +270,10 @@ class TetherSide(Side):
             temporal_address=address,
             task_queue=f"tether-bench-{secrets.token_hex(3)}",
             concurrency=concurrency,
-            # Submissions come from this process without waking the outbox: a short poll
-            # keeps the first hop from waiting out the default 0.2 s. Later hops wake it.
-            poll_interval=0.01,
+            # Submissions reach the outbox when it next polls (as from any other process):
+            # the first hop of a chain waits half of this on average. The later hops do
+            # not wait: a finished run wakes its worker's outbox.
+            poll_interval=poll,
         )
         self.provider = get_provider(self.project)
 
@@ -303,6 +330,8 @@ def dev_server() -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the Temporal dev server did not start") from None
                 time.sleep(0.05)
+        global SERVER_PID
+        SERVER_PID = proc.pid
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -347,12 +376,14 @@ def main() -> None:
     parser.add_argument("--latency-chains", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--store", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--poll", type=float, default=0.05,
+                        help="Tether's outbox poll interval, s (default 0.05; setting's 0.2)")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     chains = args.chains or (40 if args.quick else 150)
     latency_chains = args.latency_chains or (10 if args.quick else 40)
-    console = Console()
+    console = Console(width=max(130, Console().width))
 
     # The plain workflows must live in an importable module for the sandbox (this file
     # runs as __main__): import it under its own name.
@@ -374,7 +405,7 @@ def main() -> None:
             url = f"sqlite:///{tmp}/tether.db"
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         factories: list[Callable[[], Side]] = [
-            lambda: TetherSide(address, url, args.concurrency, work_dir),
+            lambda: TetherSide(address, url, args.concurrency, work_dir, args.poll),
             lambda: PlainSide(address, "steps", args.concurrency, plain_runner),
             lambda: PlainSide(address, "chain", args.concurrency, plain_runner),
         ]
@@ -398,11 +429,13 @@ def main() -> None:
                 )
 
     table = Table(
-        title=f"Three-agent chain on Temporal ({args.store} store for Tether, "
-        f"concurrency {args.concurrency}, {rounds} rounds, {chains} chains for throughput)"
+        title=f"Three-agent chain on Temporal ({args.store} store for Tether, outbox poll "
+        f"{args.poll} s, concurrency {args.concurrency}, {rounds} rounds, {chains} chains "
+        "for throughput)"
     )
     for column in ("system", "runs/s", "latency median ms", "latency p99 ms",
-                   "time vs plain 3 wf", "time vs plain 1 wf"):
+                   "time vs plain 3 wf", "time vs plain 1 wf", "worker CPU ms/run",
+                   "Temporal CPU ms/run"):
         table.add_column(column, justify="left" if column == "system" else "right")
     summary: dict[str, dict[str, float]] = {}
     for name, trials in results.items():
@@ -411,6 +444,8 @@ def main() -> None:
             "runs_per_second": median([t["runs_per_second"] for t in trials]),
             "latency_median_ms": median(lat) * 1000,
             "latency_p99_ms": percentile(lat, 99) * 1000,
+            "worker_cpu_ms_per_run": median([t["worker_cpu_ms_per_run"] for t in trials]),
+            "server_cpu_ms_per_run": median([t["server_cpu_ms_per_run"] for t in trials]),
         }
     steps, chain = summary["plain, 3 workflows"], summary["plain, 1 workflow"]
     for name, s in summary.items():
@@ -423,6 +458,8 @@ def main() -> None:
             f"{s['latency_median_ms']:.1f}",
             f"{s['latency_p99_ms']:.1f}",
             *(f"{v:+.0%}" for v in vs),
+            f"{s['worker_cpu_ms_per_run']:.1f}",
+            f"{s['server_cpu_ms_per_run']:.1f}",
         )
     console.print(table)
     t = summary["tether (Temporal provider)"]

@@ -139,7 +139,6 @@ class TemporalProvider(Provider):
         self._client: Client | None = None
         self._shutdown: asyncio.Event | None = None
         self._stopping = threading.Event()
-        self._aborting = False
         self._inflight: set[int] = set()
         self._inflight_tasks: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
@@ -158,7 +157,6 @@ class TemporalProvider(Provider):
         settings = self.settings
         self.stats = WorkerStats()
         self._stopping.clear()
-        self._aborting = False
         self._on_complete = on_complete
         self._runner = _Runner(
             self.project.store,
@@ -200,7 +198,6 @@ class TemporalProvider(Provider):
     def abort(self) -> None:
         """Stop now: runs in flight are released in the store (queued again, same attempt)
         and their activities cancelled; their agents' threads are abandoned."""
-        self._aborting = True
         runner = self._runner
         with self._lock:
             inflight = list(self._inflight)
