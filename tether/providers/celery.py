@@ -47,7 +47,7 @@ from kombu.asynchronous import set_event_loop
 
 from tether.errors import ConfigError, TetherError
 from tether.providers.base import Dispatcher, Listener, Provider, wait_until_idle
-from tether.runtime.single import Outcome, RunOne
+from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
 
@@ -452,15 +452,7 @@ class CeleryProvider(Provider):
         if not outcome.executed:
             return  # a duplicate delivery, or a run already finished: nothing done
         with self._lock:
-            self.stats.claimed += 1
-            if not outcome.recorded:
-                self.stats.discarded += 1
-            elif outcome.succeeded:
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-                if outcome.retry_at is not None:
-                    self.stats.retries_queued += 1
+            count(self.stats, outcome)
         dispatcher = self._dispatcher
         if outcome.recorded and outcome.succeeded and dispatcher is not None:
             # Its triggers queued downstream runs in the same transaction: publish them

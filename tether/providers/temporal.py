@@ -57,7 +57,7 @@ from tether.providers.temporal_workflows import (
     TetherRun,
     workflow_id,
 )
-from tether.runtime.single import Outcome, RunOne
+from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion, Store
 
@@ -456,15 +456,7 @@ class TemporalProvider(Provider):
 
     def _count(self, outcome: Outcome) -> None:
         with self._lock:
-            self.stats.claimed += 1
-            if not outcome.recorded:
-                self.stats.discarded += 1
-            elif outcome.succeeded:
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-                if outcome.retry_at is not None:
-                    self.stats.retries_queued += 1
+            count(self.stats, outcome)
 
     def _recorded(self, completion: Completion) -> None:
         if self._on_complete is not None:

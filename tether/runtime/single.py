@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tether.graph.registry import Graph
 from tether.runtime.execute import Executor
-from tether.runtime.worker import default_worker_id
+from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
 
 
@@ -32,6 +32,19 @@ class Outcome:
     failure_reason: str | None = None
     retry_at: float | None = None
     """When the retry the store queued becomes due (None: no retry queued)."""
+
+
+def count(stats: WorkerStats, outcome: Outcome) -> None:
+    """Add one executed run's outcome to a provider's counts (not thread-safe: hold a lock)."""
+    stats.claimed += 1
+    if not outcome.recorded:
+        stats.discarded += 1
+    elif outcome.succeeded:
+        stats.succeeded += 1
+    else:
+        stats.failed += 1
+        if outcome.retry_at is not None:
+            stats.retries_queued += 1
 
 
 class RunOne:
