@@ -154,3 +154,12 @@ ledger = Table(
     Column("created_at", Time, nullable=False),
     UniqueConstraint("task_id", "seq"),
 )
+
+# Each capability keeps its tables in its own module, on this same metadata; importing them
+# here makes `metadata` the whole declared schema wherever it is used.
+from tether.store import (  # noqa: E402
+    schema_capture,  # noqa: F401
+    schema_evals,  # noqa: F401
+    schema_review,  # noqa: F401
+    schema_triage,  # noqa: F401
+)

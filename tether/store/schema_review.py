@@ -1,0 +1,52 @@
+"""Human review's tables (issue 8): the review queue, reviews, examples.
+
+Defined on the one :data:`tether.store.schema.metadata`; ``schema.py`` imports this module
+so the declared schema (and the migration test) always sees every table.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+
+from tether.store.schema import Id, Json, Time, metadata
+
+# Outputs waiting for a person. A run is queued at most once; `source` says why it was
+# queued, and `held` that its triggers wait for the review (the production bar's triage).
+review_queue = Table(
+    "review_queue",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("agent", String(200), nullable=False),
+    # triage | rollout | manual
+    Column("source", String(20), nullable=False),
+    # The triage model's estimate that the output is correct, when triage queued it.
+    Column("score", Time, nullable=True),
+    # 1 when the run's triggers are held until a reviewer confirms or corrects it.
+    Column("held", Integer, nullable=False),
+    Column("created_at", Time, nullable=False),
+    # Set by the first review of the run.
+    Column("reviewed_at", Time, nullable=True),
+    UniqueConstraint("run_id"),
+    Index(None, "agent", "reviewed_at"),
+)
+
+# Reviews are immutable: a second review of the same run is another row, never an update.
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Column("task_id", Id, ForeignKey("tasks.id"), nullable=False),
+    Column("agent", String(200), nullable=False),
+    # correct | incorrect | partial
+    Column("verdict", String(10), nullable=False),
+    # Required unless the verdict is correct.
+    Column("reason", Text, nullable=True),
+    Column("corrected_output", Json, nullable=True),
+    Column("reviewer", String(200), nullable=False),
+    Column("created_at", Time, nullable=False),
+    Index(None, "run_id"),
+    Index(None, "agent", "created_at"),
+)
