@@ -17,7 +17,6 @@ from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
 
-
 EVAL_KEY_PREFIX = "eval:"
 """Task keys of evaluation experiments (``eval:<experiment id>:<case key>``): their runs
 never emit triggers, so an experiment cannot start production work downstream."""
