@@ -21,6 +21,7 @@ import functools
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from tether.evals.experiments import (
     open_experiment,
     unrecorded_final_runs,
 )
+from tether.evals.experiments import results as results_of
 from tether.evals.models import Dataset, Experiment, Result
 from tether.graph.agent import Agent
 from tether.graph.registry import Graph
@@ -111,6 +113,7 @@ class RunStats:
     succeeded: int = 0
     failed: int = 0
     retries: int = 0
+    reruns: int = 0
     interrupted: bool = False
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
@@ -131,6 +134,7 @@ class RunStats:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "retries": self.retries,
+            "reruns": self.reruns,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
         }
@@ -183,13 +187,22 @@ class ExperimentRunner:
         self._wake = threading.Event()
         self._inflight: dict[int, float] = {}  # run id -> started
         self._keys: dict[int, str] = {}  # task id -> case key
+        self._task_kind: dict[int, str] = {}  # task id -> kind of its latest run here
+        self._kind_of: dict[int, str] = {}  # run id -> first | rerun
 
     # -- public --------------------------------------------------------------------
 
-    def run(self, keys: Iterable[str] | None = None, *, kind: str = "first") -> RunStats:
+    def run(
+        self,
+        keys: Iterable[str] | None = None,
+        *,
+        kind: str = "first",
+        rerun_if: Callable[[Result], bool] | None = None,
+    ) -> RunStats:
         """Run the cases ``keys`` (default: every case of the dataset) that have no result
         of this ``kind`` yet. ``kind="rerun"`` runs each case's task once more (a new run
-        of the same task), for disagreement triage."""
+        of the same task), for disagreement triage; with ``rerun_if``, a case whose first
+        result it accepts is re-run at once, ahead of the cases not yet started."""
         wanted = [c.key for c in self.dataset.cases] if keys is None else list(keys)
         exp = self.experiment
         stats = RunStats(experiment=exp, total=len(wanted))
@@ -206,20 +219,30 @@ class ExperimentRunner:
         pool = _Pool(self.concurrency)
         next_renew = time.time() + self.lease_seconds / 3
         next_check = 0.0
-        pending = iter(todo)
-        exhausted = not todo
+        jobs: deque[tuple[str, str]] = deque((k, kind) for k in todo)
+        if rerun_if is not None and kind == "first":
+            redo = done - done_keys(self.store, exp.id, "rerun")
+            for r in results_of(self.store, exp.id):
+                if r.case_key in redo and rerun_if(r):
+                    jobs.appendleft((r.case_key, "rerun"))
         try:
             while True:
                 completions = self._drain()
                 stopping = self.stop.is_set()
+                if rerun_if is not None:
+                    # Front-loaded: a disagreeing case is re-run in the very next free slot,
+                    # before any case not yet started (the world has had least time to move).
+                    for c in completions:
+                        if (
+                            self._kind_of.get(c.run_id) == "first"
+                            and (c.succeeded or c.retry_at is None)
+                            and rerun_if(self._result(c, "first"))
+                        ):
+                            jobs.appendleft((self._keys[c.task_id], "rerun"))
                 free = 0 if stopping else self.concurrency - len(self._inflight) + len(completions)
-                batch: list[str] = []
-                while not exhausted and len(batch) < free:
-                    k = next(pending, None)
-                    if k is None:
-                        exhausted = True
-                    else:
-                        batch.append(k)
+                batch: list[tuple[str, str]] = []
+                while jobs and len(batch) < free:
+                    batch.append(jobs.popleft())
                 now = time.time()
                 want_waiting = bool(waiting) and free > len(batch) and now >= next_check
                 if completions or batch or want_waiting:
@@ -228,7 +251,6 @@ class ExperimentRunner:
                             self._exchange,
                             completions=completions,
                             batch=batch,
-                            kind=kind,
                             waiting=set(waiting) if want_waiting else set(),
                             spare=free - len(batch),
                         )
@@ -237,17 +259,22 @@ class ExperimentRunner:
                         next_check = now + 0.05
                     for c in completions:
                         self._inflight.pop(c.run_id, None)
+                        if c.retry_at is None:
+                            self._kind_of.pop(c.run_id, None)
                     waiting |= retrying
                     waiting |= orphans
                     stats.retries += len(retrying)
                     for r in recorded:
                         waiting.discard(r.task_id)
+                        if r.kind == "rerun" and kind == "first":
+                            stats.reruns += 1
+                            continue
                         stats.ran += 1
+                        finished += 1
                         if r.error is None:
                             stats.succeeded += 1
                         else:
                             stats.failed += 1
-                    finished += len(recorded)
                     if recorded:
                         self._report(finished, stats.total)
                     for claim in claims:
@@ -260,9 +287,9 @@ class ExperimentRunner:
                     )
                     next_renew = time.time() + self.lease_seconds / 3
                 if not self._inflight and self._done.empty():
-                    if stopping or (exhausted and not waiting):
+                    if stopping or (not jobs and not waiting):
                         break
-                    if exhausted and waiting and kind == "first":
+                    if not jobs and waiting and kind == "first":
                         # A retry another process took: record what it finished.
                         before = stats.ran
                         self._sweep(stats, waiting)
@@ -290,8 +317,7 @@ class ExperimentRunner:
         self,
         conn: Connection,
         completions: list[Completion],
-        batch: list[str],
-        kind: str,
+        batch: list[tuple[str, str]],
         waiting: set[int],
         spare: int,
     ) -> tuple[list[Result], list[Claim], set[int], set[int]]:
@@ -306,9 +332,16 @@ class ExperimentRunner:
             if not c.succeeded and c.retry_at is not None:
                 retrying.add(c.task_id)
                 continue
-            results.append(self._result(c, kind))
+            results.append(self._result(c, self._kind_of.get(c.run_id, "first")))
         insert_results(conn, self.experiment.id, results)
-        claims, orphans = self._create(conn, batch, kind) if batch else ([], set())
+        claims: list[Claim] = []
+        orphans: set[int] = set()
+        for group in ("first", "rerun"):
+            keys = [k for k, g in batch if g == group]
+            if keys:
+                made, lost = self._create(conn, keys, group)
+                claims += made
+                orphans |= lost
         if waiting and spare > 0:
             claims += self._claim_due(conn, waiting, spare)
         return results, claims, retrying, orphans
@@ -400,6 +433,7 @@ class ExperimentRunner:
         targets = [existing[k] for k in new_keys] + fresh
         for k in by_key:
             self._keys[existing[k]] = by_key[k]
+            self._task_kind[existing[k]] = kind
         if not targets:
             return [], orphans
         run_ids = (
@@ -424,6 +458,8 @@ class ExperimentRunner:
             .all()
         )
         keys = {existing[k]: k for k in by_key}
+        for run_id in run_ids:
+            self._kind_of[run_id] = kind
         return [
             Claim(
                 run_id=run_id,
@@ -464,6 +500,8 @@ class ExperimentRunner:
             .values(status="running", worker=self.worker, started_at=now, lease_expires_at=lease)
             .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
         ).all()
+        for c in claimed:
+            self._kind_of[c.id] = self._task_kind.get(c.task_id, "first")
         return [
             Claim(
                 run_id=c.id,
