@@ -153,3 +153,13 @@ def test_as_of_parsing() -> None:
     assert AsOf.parse("Latest").mode == "latest"
     with pytest.raises(Exception, match="use decision, latest or a duration"):
         AsOf.parse("soon")
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 5), (4, 5), (5, 5), (2.5, 7), (731, 1000), (1, 1)])
+def test_wilson_equals_statsmodels(k: float, n: int) -> None:
+    from statsmodels.stats.proportion import proportion_confint
+
+    from tether.evals.scoring import wilson as ours
+
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+    assert ours(k, n) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))

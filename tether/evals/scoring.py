@@ -192,14 +192,25 @@ def scorer_is_pure(scorer: Scorer) -> bool:
     return bool(getattr(scorer, "tether_pure", False))
 
 
+Z95 = 1.959963984540054
+"""The standard normal quantile of 0.975."""
+
+
 def wilson(count: float, nobs: int) -> tuple[float | None, float | None]:
-    """The 95% Wilson score interval of a proportion (None, None when ``nobs`` is 0)."""
+    """The 95% Wilson score interval of a proportion (None, None when ``nobs`` is 0).
+
+    The closed form of ``statsmodels.stats.proportion.proportion_confint(count, nobs,
+    method="wilson")`` (a test checks they agree), without importing statsmodels, which
+    takes seconds, on every command that scores.
+    """
     if nobs <= 0:
         return None, None
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(count, nobs, alpha=0.05, method="wilson")
-    return float(lo), float(hi)
+    p = count / nobs
+    z2 = Z95 * Z95
+    denom = 1 + z2 / nobs
+    centre = (p + z2 / (2 * nobs)) / denom
+    half = Z95 * math.sqrt(max(p * (1 - p) / nobs + z2 / (4 * nobs * nobs), 0.0)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _r(x: float | None) -> float | None:
