@@ -301,11 +301,12 @@ def report(
             scorer=scorer,
             maturity=maturity,
         )
+    svgs = render.plots(ev) if html_out is not None or md_out is not None else None
     if html_out is not None:
         html_out.parent.mkdir(parents=True, exist_ok=True)
-        html_out.write_text(render.html_page(ev))
+        html_out.write_text(render.html_page(ev, svgs=svgs))
     if md_out is not None:
-        render.markdown(ev, md_out)
+        render.markdown(ev, md_out, svgs=svgs)
     if as_json:
         emit_json(ev)
         return

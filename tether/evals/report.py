@@ -87,6 +87,12 @@ def confusion_plot(ev: dict[str, Any], *, limit: int = 20) -> str:
     return _svg(fig)
 
 
+def plots(ev: dict[str, Any]) -> tuple[str, str]:
+    """Both plots as SVG text (agreement vs label age, confusion), to render once and
+    share between the HTML and Markdown reports."""
+    return age_plot(ev), confusion_plot(ev)
+
+
 def _md_cell(v: Any) -> str:
     return html.escape(_value(v)).replace("|", "\\|").replace("\n", " ")
 
@@ -156,15 +162,16 @@ def _summary_line(ev: dict[str, Any]) -> str:
     )
 
 
-def markdown(ev: dict[str, Any], out: Path | str) -> Path:
+def markdown(ev: dict[str, Any], out: Path | str, *, svgs: tuple[str, str] | None = None) -> Path:
     """Write the Markdown report to ``out`` and its plots beside it (``*.age.svg``,
     ``*.confusion.svg``); returns the report's path."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     age = path.with_suffix(".age.svg")
     conf = path.with_suffix(".confusion.svg")
-    age.write_text(age_plot(ev))
-    conf.write_text(confusion_plot(ev))
+    age_svg, conf_svg = svgs or plots(ev)
+    age.write_text(age_svg)
+    conf.write_text(conf_svg)
     rows = _rows(ev)
     lines = [
         f"# Experiment {html.escape(ev['experiment']['name'])}",
@@ -198,9 +205,10 @@ def _img(svg: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/svg+xml;base64,{data}">'
 
 
-def html_page(ev: dict[str, Any]) -> str:
+def html_page(ev: dict[str, Any], *, svgs: tuple[str, str] | None = None) -> str:
     """The report as one self-contained HTML page."""
     rows = _rows(ev)
+    age_svg, conf_svg = svgs or plots(ev)
     e = html.escape
 
     def table(name: str) -> str:
@@ -221,9 +229,9 @@ text-align:left}}th{{background:#f4f4f4}}</style></head><body>
 <h1>Experiment {name}</h1>
 <p>{e(_summary_line(ev))}</p>
 <h2>Agreement as of</h2>{table("as_of")}
-{_img(age_plot(ev), "Agreement against label age")}
+{_img(age_svg, "Agreement against label age")}
 <h2>Per class (as of {e(ev["primary"])})</h2>{table("classes")}
-{_img(confusion_plot(ev), "Confusion matrix")}
+{_img(conf_svg, "Confusion matrix")}
 <h2>Worst cases</h2>{table("worst")}
 <h2>Errors ({ev["error_count"]})</h2>{table("errors")}
 </body></html>

@@ -78,6 +78,15 @@ def class_key(value: Any) -> str:
     """A label or decision as a hashable class name (JSON text for non-strings)."""
     if isinstance(value, str):
         return value
+    # Fast paths (this runs per case and observation): the same text json.dumps gives.
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return str(value)
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
@@ -125,13 +134,15 @@ class Prepared:
         verdict = np.zeros(m, dtype=np.int8)  # 0 incorrect 1 partial 2 correct 3 error
         self.reasons: dict[int, str] = {}
         memo: dict[tuple[str, str], Verdict | str] = {}
+        self.obs_cls = [class_key(v) for v in obs_val]
+        self.dec_cls = [None if r is None else class_key(r.decision) for r in self.results]
         for j in range(m):
             i = obs_case[j]
             if status[i] != 0:
                 continue
             r = self.results[i]
             assert r is not None
-            mkey = (class_key(r.decision), class_key(obs_val[j]))
+            mkey = (self.dec_cls[i] or "", self.obs_cls[j])
             v = memo.get(mkey) if scorer_is_pure(scorer) else None
             if v is None:
                 try:
@@ -273,18 +284,21 @@ def apply(prep: Prepared, as_of: AsOf, *, now: float, maturity: float = 0.0) -> 
 def per_class(prep: Prepared, scored: Scored, *, max_classes: int = 50) -> list[dict[str, Any]]:
     """Precision, recall and one-vs-rest accuracy per label class, with Wilson intervals,
     over the cases scored under ``scored`` (empty when labels are not categorical)."""
-    ok = [i for i in range(len(prep.keys)) if scored.state[i] == 0]
-    labels = [class_key(prep.obs_val[scored.pick[i]]) for i in ok]
-    decisions = [class_key(prep.results[i].decision) for i in ok]  # type: ignore[union-attr]
+    ok = prep.np.flatnonzero(scored.state == 0).tolist()
+    labels = [prep.obs_cls[scored.pick[i]] for i in ok]
+    decisions = [prep.dec_cls[i] for i in ok]
     classes = sorted(set(labels))
     if not classes or len(classes) > max_classes:
         return []
     n = len(ok)
+    pairs: dict[tuple[str, str | None], int] = {}
+    for pair in zip(labels, decisions, strict=True):
+        pairs[pair] = pairs.get(pair, 0) + 1
     out = []
     for c in classes:
-        tp = sum(1 for lab, d in zip(labels, decisions, strict=True) if lab == c and d == c)
-        fp = sum(1 for lab, d in zip(labels, decisions, strict=True) if lab != c and d == c)
-        fn = sum(1 for lab, d in zip(labels, decisions, strict=True) if lab == c and d != c)
+        tp = pairs.get((c, c), 0)
+        fp = sum(k for (lab, d), k in pairs.items() if lab != c and d == c)
+        fn = sum(k for (lab, d), k in pairs.items() if lab == c and d != c)
         tn = n - tp - fp - fn
         p_lo, p_hi = wilson(tp, tp + fp)
         r_lo, r_hi = wilson(tp, tp + fn)
@@ -308,11 +322,9 @@ def per_class(prep: Prepared, scored: Scored, *, max_classes: int = 50) -> list[
 def confusion(prep: Prepared, scored: Scored) -> dict[str, dict[str, int]]:
     """Counts of (label class -> decision class) over the scored cases."""
     out: dict[str, dict[str, int]] = {}
-    for i in range(len(prep.keys)):
-        if scored.state[i] != 0:
-            continue
-        lab = class_key(prep.obs_val[scored.pick[i]])
-        dec = class_key(prep.results[i].decision)  # type: ignore[union-attr]
+    for i in prep.np.flatnonzero(scored.state == 0).tolist():
+        lab = prep.obs_cls[scored.pick[i]]
+        dec = prep.dec_cls[i] or ""
         row = out.setdefault(lab, {})
         row[dec] = row.get(dec, 0) + 1
     return out
