@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -60,7 +61,28 @@ def test_the_guide_walkthrough(project: Path) -> None:
     again = run_json(project, "eval", "run", "claims", "--agent", "fraud_v1", "--name", "v1")
     assert (again["run"]["ran"], again["run"]["already_done"]) == (0, 8)
 
-    run_json(project, "eval", "run", "claims", "--agent", "fraud_v2", "--name", "v2")
+    v2 = run_json(
+        project,
+        "eval",
+        "run",
+        "claims",
+        "--agent",
+        "fraud_v2",
+        "--name",
+        "v2",
+        "--rerun-disagreements",
+    )
+    # v2 is wrong on c03, c05, c07 and c08 under the latest labels: each re-run at once.
+    assert v2["run"]["reruns"] == 4
+    triage = tether(project, "eval", "disagreements", "v2", "--json", check=False)
+    if importlib.util.find_spec("tether.capture") is None:
+        # World capture (issue 5) is not in this build: one clear line.
+        assert triage.returncode == 1 and "world capture" in triage.stderr
+    else:  # no HTTP at all: same (no) answers, same decision
+        rows = json.loads(triage.stdout)
+        assert {r["key"]: r["classification"] for r in rows} == dict.fromkeys(
+            ["c03", "c05", "c07", "c08"], "agent_wrong"
+        )
     gate = tether(
         project, "eval", "compare", "v1", "v2", "--max-regressions", "1", "--json", check=False
     )
@@ -111,3 +133,67 @@ def test_bad_input_is_one_clear_line(project: Path) -> None:
         check=False,
     )
     assert res.returncode == 1 and "--as-of 'soon'" in res.stderr
+
+
+SLOW_AGENT = """
+import time
+import tether
+
+@tether.agent
+def slow(ctx):
+    time.sleep(0.05)
+    return {"decision": "legit"}
+"""
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    import signal
+
+    from tests.process.helpers import env_for, spawn, wait_for
+
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "slow.py").write_text(SLOW_AGENT)
+    rows = [
+        json.dumps(
+            {
+                "key": f"k{i}",
+                "input": {},
+                "labels": [{"value": "legit", "observed_at": "2025-01-01T00:00:00Z"}],
+            }
+        )
+        for i in range(200)
+    ]
+    (tmp_path / "cases.jsonl").write_text("\n".join(rows) + "\n")
+    env = env_for(tmp_path)
+    proc = spawn(
+        tmp_path,
+        "eval",
+        "run",
+        "cases.jsonl",
+        "--agent",
+        "slow",
+        "--name",
+        "e",
+        "-c",
+        "2",
+        "--json",
+        env=env,
+    )
+
+    def some_done() -> bool:
+        out = tether(tmp_path, "eval", "experiments", "--json", env=env, check=False)
+        done = json.loads(out.stdout or "[]")
+        return bool(done) and done[0]["finished_cases"] >= 10
+
+    wait_for(some_done, timeout=30, what="10 cases done")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    first = json.loads(out)["run"]
+    assert first["interrupted"] and 10 <= first["ran"] < 200
+    second = run_json(
+        tmp_path, "eval", "run", "cases.jsonl", "--agent", "slow", "--name", "e", "-c", "50"
+    )
+    assert second["run"]["already_done"] == first["ran"]
+    assert second["run"]["ran"] == 200 - first["ran"]
+    assert second["evaluation"]["as_of"]["latest"]["scored"] == 200
