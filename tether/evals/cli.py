@@ -154,6 +154,9 @@ def run(
     as_of: AsOfOpt = None,
     scorer: ScorerOpt = "exact",
     maturity: MaturityOpt = None,
+    cost_field: Annotated[
+        str, typer.Option("--cost-field", help="The output field holding a case's cost.")
+    ] = "cost",
     rerun_disagreements: Annotated[
         bool,
         typer.Option(
@@ -186,7 +189,7 @@ def run(
         with _project() as project:
             store = project.store
             ds = _dataset(store, dataset)
-            exp, _ = start(store, project.graph, ds, agent, name=name)
+            exp, _ = start(store, project.graph, ds, agent, name=name, cost_field=cost_field)
             with Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
