@@ -190,3 +190,23 @@ def test_resuming_with_another_agent_is_refused(store: Store) -> None:
     run_experiment(store, graph, ds, "a", name="e")
     with pytest.raises(tether.TetherError, match="choose a new --name"):
         run_experiment(store, graph, ds, "b", name="e")
+
+
+def test_a_production_worker_running_an_eval_task_records_no_trigger(store: Store) -> None:
+    """A queued retry of an experiment's task may be taken by a production worker."""
+
+    @tether.agent(emits="scored")
+    def scorer(ctx: tether.Context) -> dict[str, Any]:
+        return {"decision": True}
+
+    @tether.agent(subscribes="scored")
+    def notify(ctx: tether.Context) -> None:
+        return None
+
+    graph = build([scorer, notify])
+    store.submit("scorer", "eval:9:case", {"n": 1})
+    store.submit("scorer", "prod-case", {"n": 1})
+    tether.Worker(store, graph, poll_interval=0.01).run(until_idle=True)
+    with store.engine.connect() as conn:
+        edges = conn.execute(select(triggers.c.upstream_task_id)).scalars().all()
+    assert edges == [store.get_task("scorer/prod-case").id]
