@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The store's database: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+from tether.evals.cli import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
 
 _state: dict[str, Any] = {"project_dir": None}
 

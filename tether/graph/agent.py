@@ -47,6 +47,9 @@ class Agent:
     team: str | None = None
     """The team that owns the agent, shown in the graph."""
     description: str = ""
+    decision: str | Callable[[Any], Any] | None = None
+    """What evaluation scores: a field of the output, or a function of it (default: the
+    output's ``decision`` field)."""
 
     @property
     def is_async(self) -> bool:
@@ -136,6 +139,7 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    decision: str | Callable[[Any], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Agent]: ...
 
 
@@ -152,6 +156,7 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    decision: str | Callable[[Any], Any] | None = None,
 ) -> Agent | Callable[[Callable[..., Any]], Agent]:
     """Make a function an agent. Use bare (``@tether.agent``) or with options.
 
@@ -169,6 +174,8 @@ def agent(
             its field of the same name.
         retry_on: extra exception types to treat as retryable.
         team: the team that owns the agent.
+        decision: for evaluation, the output field holding the decision, or a function
+            of the output returning it (default: the ``decision`` field).
     """
 
     def wrap(f: Callable[..., Any]) -> Agent:
@@ -195,6 +202,7 @@ def agent(
             retry_on=exc_types,
             team=team,
             description=inspect.getdoc(f) or "",
+            decision=decision,
         )
 
     if fn is not None:

@@ -17,6 +17,10 @@ from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
 
+EVAL_KEY_PREFIX = "eval:"
+"""Task keys of evaluation experiments (``eval:<experiment id>:<case key>``): their runs
+never emit triggers, so an experiment cannot start production work downstream."""
+
 
 def edges_for(graph: Graph, agent: Agent, key: str, output: Any) -> tuple[Edge, ...]:
     """The trigger edges a successful run of ``agent`` for ``key`` records."""
@@ -77,7 +81,11 @@ class Executor:
                 waiting_for, result = result.reason or "waiting", result.output
             output = to_json(result)
             # A task still waiting has not reached its outcome: nothing downstream yet.
-            edges = () if waiting_for else edges_for(self.graph, agent, claim.key, output)
+            edges = (
+                ()
+                if waiting_for or claim.key.startswith(EVAL_KEY_PREFIX)
+                else edges_for(self.graph, agent, claim.key, output)
+            )
         except Exception as exc:
             return self._failed(claim, recorder, worker, classify(exc, retry_on=agent.retry_on),
                                 agent)
