@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from tether import capture
 from tether.graph.agent import Agent, Upstream
 from tether.graph.registry import Graph
 from tether.jsonable import to_json
@@ -69,9 +70,11 @@ class Executor:
             )
         ctx = Context(claim, store=self.store, recorder=recorder)
         try:
-            result = agent.fn(ctx)
-            if asyncio.iscoroutine(result):
-                result = self._await(result)
+            # World capture: HTTP exchanges made while the agent runs belong to this run.
+            with capture.recording(self.store, claim.run_id, claim.task_id):
+                result = agent.fn(ctx)
+                if asyncio.iscoroutine(result):
+                    result = self._await(capture.bind(result))
             waiting_for = None
             if isinstance(result, Waiting):
                 waiting_for, result = result.reason or "waiting", result.output

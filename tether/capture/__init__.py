@@ -1,0 +1,73 @@
+"""World capture: every HTTP exchange an agent makes (httpx, requests) recorded with its
+run and step, secrets redacted, bodies content-addressed; replay a run against its
+recorded world; tell when the world moved (drift). See docs/capture.md.
+
+Public API::
+
+    tether.capture.exchanges(store, run_id) -> list[Exchange]
+    tether.capture.body(store_or_blobs, sha) -> bytes
+    tether.capture.replay(project, run_id) -> ReplayResult
+    tether.capture.drift(store, task) -> list[Drift]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tether.capture.blobs import BlobStore, FsspecBlobs, LocalBlobs, open_blobs
+from tether.capture.config import CaptureConfig, attach, config_for
+from tether.capture.fingerprint import fingerprint, normalise_url
+from tether.capture.queries import Exchange, body, exchanges, task_exchanges
+from tether.capture.recorder import RunCapture, bind, current, recording
+from tether.capture.redact import REDACTED, Redactor
+
+if TYPE_CHECKING:
+    from tether.capture.drift import Change, Drift, drift
+    from tether.capture.replay import ReplayError, ReplayResult, replay
+
+# Replay and drift import the runtime, which imports this package: load them on first use.
+_LAZY = {
+    "replay": "tether.capture.replay",
+    "ReplayResult": "tether.capture.replay",
+    "ReplayError": "tether.capture.replay",
+    "drift": "tether.capture.drift",
+    "Drift": "tether.capture.drift",
+    "Change": "tether.capture.drift",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tether.capture' has no attribute {name!r}")
+
+
+__all__ = [
+    "REDACTED",
+    "BlobStore",
+    "CaptureConfig",
+    "Change",
+    "Drift",
+    "Exchange",
+    "FsspecBlobs",
+    "LocalBlobs",
+    "Redactor",
+    "ReplayError",
+    "ReplayResult",
+    "RunCapture",
+    "attach",
+    "bind",
+    "body",
+    "config_for",
+    "current",
+    "drift",
+    "exchanges",
+    "fingerprint",
+    "normalise_url",
+    "open_blobs",
+    "recording",
+    "replay",
+    "task_exchanges",
+]
