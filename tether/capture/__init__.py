@@ -6,8 +6,8 @@ Public API::
 
     tether.capture.exchanges(store, run_id) -> list[Exchange]
     tether.capture.body(store_or_blobs, sha) -> bytes
-    tether.capture.replay(project, run_id) -> ReplayResult
-    tether.capture.drift(store, task) -> list[Drift]
+    tether.capture.replayer(project, run_id) -> ReplayResult
+    tether.capture.changes(store, task) -> list[Drift]
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from tether.capture.recorder import RunCapture, bind, current, recording
 from tether.capture.redact import REDACTED, Redactor
 
 if TYPE_CHECKING:
-    from tether.capture.drift import Change, Drift, drift
-    from tether.capture.replay import ReplayError, ReplayResult, replay
+    from tether.capture.changes import Change, Drift, drift
+    from tether.capture.replayer import ReplayError, ReplayResult, replay
 
 # Replay and drift import the runtime, which imports this package: load them on first use.
 _LAZY = {
-    "replay": "tether.capture.replay",
-    "ReplayResult": "tether.capture.replay",
-    "ReplayError": "tether.capture.replay",
-    "drift": "tether.capture.drift",
-    "Drift": "tether.capture.drift",
-    "Change": "tether.capture.drift",
+    "replay": "tether.capture.replayer",
+    "ReplayResult": "tether.capture.replayer",
+    "ReplayError": "tether.capture.replayer",
+    "drift": "tether.capture.changes",
+    "Drift": "tether.capture.changes",
+    "Change": "tether.capture.changes",
 }
 
 

@@ -36,7 +36,7 @@ from tether.capture.redact import Redactor, scrub, scrub_text
 from tether.store.schema_capture import http_exchanges
 
 if TYPE_CHECKING:
-    from tether.capture.replay import World
+    from tether.capture.replayer import World
     from tether.store import Store
 
 log = logging.getLogger("tether.capture")

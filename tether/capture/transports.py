@@ -247,7 +247,7 @@ def _patch_requests() -> None:
         return
     from io import BytesIO
 
-    from urllib3 import HTTPResponse
+    from urllib3 import HTTPHeaderDict, HTTPResponse
 
     adapter = requests.adapters.HTTPAdapter
     original: Callable[..., Any] = adapter.send
@@ -262,7 +262,10 @@ def _patch_requests() -> None:
                         list(request.headers.items()), body, streamed=streamed)
         if cap.world is not None:
             status, headers, data = cap.world.answer(raw)
-            resp = HTTPResponse(body=BytesIO(data), headers=headers, status=status,
+            header_dict = HTTPHeaderDict()
+            for k, v in headers:
+                header_dict.add(k, v)
+            resp = HTTPResponse(body=BytesIO(data), headers=header_dict, status=status,
                                 preload_content=False, decode_content=False)
             return self.build_response(request, resp)
         t0 = time.perf_counter()
