@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     capture_fingerprint_headers: tuple[str, ...] = ("accept",)
     """Request headers that make two requests different in their fingerprint."""
 
+    capture_retention: str | None = None
+    """How long bodies are kept, e.g. ``30d``: ``tether capture prune`` deletes older ones
+    (rows stay, marked ``pruned``). None: keep everything."""
+
     @field_validator("project_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -6,9 +6,11 @@ The default is a folder (``blobs/`` next to the SQLite file); any fsspec URL
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,8 +25,9 @@ class BlobStore(Protocol):
 
     location: str
 
-    def put(self, sha: str, data: bytes) -> bool:
-        """Store ``data`` under ``sha`` unless present; True if it was written now."""
+    def put(self, sha: str, data: bytes | Sequence[bytes]) -> bool:
+        """Store ``data`` (bytes, or chunks to concatenate) under ``sha`` unless present;
+        True if it was written now."""
 
     def get(self, sha: str) -> bytes:
         """The body stored under ``sha`` (:class:`tether.NotFound` if absent)."""
@@ -48,22 +51,31 @@ class LocalBlobs:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.location = str(self.root)
+        self._dirs: set[str] = set()
 
     def _path(self, sha: str) -> Path:
         return self.root / _rel(sha)
 
-    def put(self, sha: str, data: bytes) -> bool:
-        path = self._path(sha)
-        if path.exists():
+    def put(self, sha: str, data: bytes | Sequence[bytes]) -> bool:
+        # Plain os.path on the writer's hot loop: pathlib costs more than the write.
+        folder = os.path.join(self.location, sha[:2])
+        path = os.path.join(folder, sha[2:])
+        if os.path.exists(path):
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        if folder not in self._dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._dirs.add(folder)
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            with open(tmp, "wb") as fh:
+                if isinstance(data, bytes):
+                    fh.write(data)
+                else:
+                    fh.writelines(data)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
         return True
 
@@ -106,12 +118,12 @@ class FsspecBlobs:
     def _path(self, sha: str) -> str:
         return f"{self._root}/{_rel(sha)}"
 
-    def put(self, sha: str, data: bytes) -> bool:
+    def put(self, sha: str, data: bytes | Sequence[bytes]) -> bool:
         path = self._path(sha)
         if self._fs.exists(path):
             return False
         self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self._fs.pipe_file(path, data)
+        self._fs.pipe_file(path, data if isinstance(data, bytes) else b"".join(data))
         return True
 
     def get(self, sha: str) -> bytes:

@@ -124,3 +124,45 @@ def show_body(sha: Annotated[str, typer.Argument(help="A body's SHA-256.")]) -> 
         data = body(project.store, sha)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+@capture_app.command("prune")
+def prune_bodies(
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Age, e.g. 30d, 12h, 2w (default: the "
+                     "capture_retention setting)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the bodies of exchanges older than an age; their rows stay, marked pruned."""
+    from rich.progress import Progress
+
+    from tether.capture.retention import prune
+    from tether.cli.render import err_console
+    from tether.errors import ConfigError
+
+    with _project() as project:
+        age = older_than or project.settings.capture_retention
+        if not age:
+            raise ConfigError("say how old: --older-than 30d, or set capture_retention in "
+                              "tether.toml")
+        if as_json or dry_run:
+            result = prune(project.store, age, dry_run=dry_run)
+        else:
+            with Progress(console=err_console, transient=True) as bar:
+                task = bar.add_task("deleting bodies", total=None)
+                result = prune(project.store, age,
+                               progress=lambda done, total: bar.update(task, completed=done,
+                                                                       total=total))
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    verb = "would mark" if dry_run else "marked"
+    console.print(
+        f"{verb} {result.exchanges} exchanges older than {when(result.cutoff)} as pruned; "
+        f"{'would delete' if dry_run else 'deleted'} {result.bodies_deleted} bodies "
+        f"({result.bodies_kept} kept: younger exchanges use them)",
+        highlight=False,
+    )

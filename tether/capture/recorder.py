@@ -27,7 +27,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from tether.capture.blobs import EMPTY_SHA256, BlobStore, open_blobs
 from tether.capture.config import CaptureConfig, config_for
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from tether.store import Store
 
 log = logging.getLogger("tether.capture")
+
+SCAN_LIMIT = 256 * 1024
+"""Bodies up to this size are searched for secret JSON / form fields by name; larger ones
+only for the secret values already seen in the run (scanning costs more than it finds)."""
 
 T = TypeVar("T")
 
@@ -184,7 +188,7 @@ def prepare_request(
     red_headers = redactor.headers(headers, secrets)
     red_url = redactor.url(url, secrets)
     ctype = _header(headers, "content-type")
-    red_body = redactor.body(body, ctype, secrets) if body else body
+    red_body = redactor.body(body, ctype, secrets) if body and len(body) <= SCAN_LIMIT else body
     if secrets:
         red_url = scrub_text(red_url, secrets)
         red_headers = [[k, scrub_text(v, secrets)] for k, v in red_headers]
@@ -285,8 +289,28 @@ class Sink:
                       f"{raw.run.run_id}: {exc}"
                 self.errors.append(msg)
                 log.warning(msg)
-        if rows:
+        if not rows:
+            return
+        # Hand the GIL to the agent's thread before the insert's pure-Python work.
+        time.sleep(0)
+        try:
             self.store._transact(lambda conn: conn.execute(insert(http_exchanges), rows))
+        except Exception:
+            # One bad row (e.g. its run was deleted) must not cost the batch: row by row.
+            for row in rows:
+                try:
+                    self._insert_one(row)
+                except Exception as exc:
+                    msg = (f"could not record exchange {row['seq']} of run {row['run_id']} "
+                           f"({row['method']} {row['url']}): {exc}")
+                    self.errors.append(msg)
+                    log.warning(msg)
+
+    def _insert_one(self, row: dict[str, Any]) -> None:
+        def body(conn: Connection) -> None:
+            conn.execute(insert(http_exchanges), [row])
+
+        self.store._transact(body)
 
     def row(self, raw: RawExchange) -> dict[str, Any]:
         """Redact, hash and store the bodies of one exchange; its row."""
@@ -337,15 +361,17 @@ class Sink:
                 notes.append(f"response body of {body.size} bytes over the {cap}-byte cap: "
                              "hashed as received, not stored")
             else:
-                data = b"".join(body.chunks)
-                if content_encoding and content_encoding != "identity":
-                    if raw.decoded:
-                        encoding = content_encoding
-                    else:
-                        plain = _decode(data, content_encoding)
-                        if plain is not None:
-                            data, encoding = plain, content_encoding
-                resp_state, resp_sha = self._store_response(data, raw, secrets, cap, notes)
+                chunks = body.chunks
+                decode = (bool(content_encoding) and content_encoding != "identity"
+                          and not raw.decoded)
+                if content_encoding and content_encoding != "identity" and raw.decoded:
+                    encoding = content_encoding
+                if decode:
+                    data = b"".join(chunks)
+                    plain = _decode(data, content_encoding)
+                    if plain is not None:
+                        chunks, encoding = [plain], content_encoding
+                resp_state, resp_sha = self._store_response(chunks, raw, secrets, cap, notes)
         return {
             "run_id": raw.run.run_id,
             "task_id": raw.run.task_id,
@@ -372,13 +398,30 @@ class Sink:
         }
 
     def _store_response(
-        self, data: bytes, raw: RawExchange, secrets: set[bytes], cap: int, notes: list[str]
+        self, chunks: list[bytes], raw: RawExchange, secrets: set[bytes], cap: int,
+        notes: list[str],
     ) -> tuple[str, str]:
-        ctype = _header(raw.response_headers, "content-type")
-        data = scrub(data, secrets)
-        data = self.redactor.body(data, ctype, secrets)
-        if not data:
+        size = sum(len(c) for c in chunks)
+        if size == 0:
             return "empty", EMPTY_SHA256
+        if size > SCAN_LIMIT and not secrets:
+            # A large body with no secret value to look for: hash and write it chunk by
+            # chunk (both release the GIL), without copying it into one buffer.
+            hasher = hashlib.sha256()
+            for c in chunks:
+                hasher.update(c)
+            sha = hasher.hexdigest()
+            if size > cap:
+                notes.append(f"response body of {size} bytes (decoded) over the {cap}-byte "
+                             "cap: hashed, not stored")
+                return "over_cap", sha
+            self.blobs.put(sha, chunks)
+            return "stored", sha
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = scrub(data, secrets)
+        if len(data) <= SCAN_LIMIT:
+            data = self.redactor.body(data, _header(raw.response_headers, "content-type"),
+                                      secrets)
         sha = hashlib.sha256(data).hexdigest()
         if len(data) > cap:
             notes.append(f"response body of {len(data)} bytes (decoded) over the {cap}-byte "
