@@ -340,3 +340,19 @@ def test_blobs_can_live_in_an_fsspec_store(
     assert sha is not None
     assert fs.cat_file(f"/tether-test-blobs/{sha[:2]}/{sha[2:]}") == b'{"doc": 1}'
     assert json.loads(body(project.store, sha)) == {"doc": 1}
+
+
+def test_a_response_the_agent_never_closes_is_still_recorded_and_marked(
+    make_project: MakeProject, run_idle: RunIdle, world: World
+) -> None:
+    @tether.agent
+    def leaker(ctx: Context) -> object:
+        client = httpx.Client()
+        resp = client.send(client.build_request("GET", f"{world.url}/stream"), stream=True)
+        first = next(resp.iter_raw())
+        return first.decode()  # returns with the response still open
+
+    project = make_project([leaker])
+    [ex] = exchanges(project.store, _one_run(project, run_idle, "leaker"))
+    assert ex.response_body == "partial" and ex.response_sha256 is None
+    assert ex.note is not None and "stopped reading the response after" in ex.note

@@ -148,6 +148,8 @@ class RunCapture:
         """Secret values seen in this run's requests (writer thread only)."""
         self._seq = itertools.count(1)
         self.made = 0
+        self.open: set[Any] = set()
+        """Response bodies still streaming (recorded at the latest when the run ends)."""
 
     def start(self, library: str, method: str, url: str, headers: list[tuple[str, str]],
               body: bytes | None, *, streamed: bool = False) -> RawExchange:
@@ -353,7 +355,7 @@ class Sink:
             content_encoding = _header(raw.response_headers, "content-encoding").lower()
             if not raw.complete:
                 resp_state = "partial"
-                notes.append(f"the agent closed the response after {body.size} bytes: "
+                notes.append(f"the agent stopped reading the response after {body.size} bytes: "
                              "partial body not stored")
             elif body.chunks is None:
                 resp_state = "over_cap"
@@ -478,6 +480,8 @@ def recording(store: Store, run_id: int, task_id: int) -> Iterator[RunCapture | 
         yield cap
     finally:
         _current.reset(token)
+        for tee in list(cap.open):  # responses the agent never closed: record them now
+            tee.abandon()
         if cap.made and not sink.flush():
             log.warning("HTTP exchanges of run %s still being written after 120 s", run_id)
 

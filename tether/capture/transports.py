@@ -49,7 +49,9 @@ def install() -> None:
 
 
 class _Tee:
-    """What both tees share: the collector and recording the exchange once."""
+    """What the tees share: the collector and recording the exchange once (when the body
+    ends, when the response is closed, or at the end of the run for a response the agent
+    never closed)."""
 
     def __init__(self, cap: RunCapture, raw: RawExchange, t0: float) -> None:
         self._cap = cap
@@ -58,11 +60,17 @@ class _Tee:
         self._col = Collector(cap.config.max_body)
         self._complete = False
         self._done = False
+        cap.open.add(self)
+
+    def abandon(self) -> None:
+        """Record the exchange as it stands (the run ended with the response open)."""
+        self._finish()
 
     def _finish(self) -> None:
         if self._done:
             return
         self._done = True
+        self._cap.open.discard(self)
         raw = self._raw
         raw.elapsed = time.perf_counter() - self._t0
         raw.complete = self._complete
