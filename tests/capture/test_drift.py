@@ -4,7 +4,7 @@ and the `tether drift` / `tether replay` / `tether capture` commands end to end.
 from __future__ import annotations
 
 import json
-import textwrap
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,49 +110,60 @@ def test_ignored_fields_are_not_drift(
     assert '"generated_at"' in d.changes[0].diff
 
 
-AGENT = textwrap.dedent(
-    """
-    import os
-    import httpx
-    import tether
-
-    @tether.agent
-    def fetch(ctx):
-        base = os.environ["WORLD_URL"]
-        with ctx.step("read"):
-            doc = httpx.get(base + "/doc", headers={"Authorization": "Bearer cli-5ecret-token"})
-        return doc.json()
-    """
-)
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "world_capture.py"
 
 
-def test_the_commands_end_to_end(tmp_path: Path, world: World) -> None:
+def test_the_guide_shows_the_example_verbatim() -> None:
+    assert EXAMPLE.read_text() in (ROOT / "docs" / "capture.md").read_text()
+
+
+def test_the_guide_walkthrough_end_to_end(tmp_path: Path, world: World) -> None:
+    """docs/capture.md, command by command: capture, drift, replay, prune."""
     (tmp_path / "agents").mkdir()
-    (tmp_path / "agents" / "fetch.py").write_text(AGENT)
-    env = env_for(tmp_path, WORLD_URL=world.url)
-    world.set_json("/doc", {"v": 1})
-    run_tether(tmp_path, "submit", "fetch", "a", "--input", "1", env=env)
+    shutil.copy(EXAMPLE, tmp_path / "agents" / "world_capture.py")
+    token = "prod-5ecret-token-9876"
+    env = env_for(tmp_path, PRICING_API=world.url, PRICING_TOKEN=token)
+    world.set_json("/price", {"amount": 1000})
+    world.set_json("/risk", {"loading": 0.1})
+    run_tether(tmp_path, "submit", "quote", "case-7", "--input", "1", env=env)
     run_tether(tmp_path, "worker", "--until-idle", "--json", env=env)
-    world.set_json("/doc", {"v": 2})
-    run_tether(tmp_path, "submit", "fetch", "a", "--input", "2", env=env)
+    world.set_json("/risk", {"loading": 0.25})  # the world moves
+    run_tether(tmp_path, "submit", "quote", "case-7", "--input", "2", env=env)
     run_tether(tmp_path, "worker", "--until-idle", "--json", env=env)
 
-    shown = json.loads(run_tether(tmp_path, "show", "fetch/a", "--json", env=env).stdout)
+    shown = json.loads(run_tether(tmp_path, "show", "quote/case-7", "--json", env=env).stdout)
     first, second = (r["id"] for r in shown["runs"])
+    assert [r["output"] for r in shown["runs"]] == [{"premium": 1100.0}, {"premium": 1250.0}]
     listed = json.loads(run_tether(tmp_path, "capture", "exchanges", str(first), "--json",
                                    env=env).stdout)
-    assert [(e["method"], e["status"], e["step"]) for e in listed] == [("GET", 200, 1)]
-    raw = run_tether(tmp_path, "capture", "body", listed[0]["response_sha256"], env=env)
-    assert json.loads(raw.stdout) == {"v": 1}
+    assert [(e["method"], e["status"], e["step"]) for e in listed] == [
+        ("GET", 200, 1), ("POST", 200, 2)]
+    raw = run_tether(tmp_path, "capture", "body", listed[1]["response_sha256"], env=env)
+    assert json.loads(raw.stdout) == {"loading": 0.1}
+    human = run_tether(tmp_path, "capture", "exchanges", str(first), env=env).stdout
+    assert "price" in human and "stored" in human and "POST" in human
 
-    drifted = json.loads(run_tether(tmp_path, "drift", "fetch/a", "--json", env=env).stdout)
-    assert [(d["url"], len(d["changes"])) for d in drifted] == [(f"{world.url}/doc", 1)]
-    assert "drift" not in run_tether(tmp_path, "drift", "fetch/a", env=env).stderr
+    drifted = json.loads(run_tether(tmp_path, "drift", "quote/case-7", "--json", env=env).stdout)
+    assert [(d["method"], d["url"], len(d["changes"])) for d in drifted] == [
+        ("POST", f"{world.url}/risk", 1)]
+    assert '+  "loading": 0.25' in drifted[0]["changes"][0]["diff"]
+    assert "1 changes (1 between runs" in run_tether(tmp_path, "drift", "quote/case-7",
+                                                     env=env).stdout
 
-    replayed = json.loads(run_tether(tmp_path, "replay", str(second), "--json", env=env).stdout)
-    assert replayed["matches"] is True and replayed["output"] == {"v": 2}
-    assert "matches" in run_tether(tmp_path, "replay", str(first), env=env).stdout
+    world.answers.clear()  # the API no longer answers: replay must not need it
+    hits = len(world.hits)
+    replayed = json.loads(run_tether(tmp_path, "replay", str(first), "--json", env=env).stdout)
+    assert replayed["matches"] is True and replayed["output"] == {"premium": 1100.0}
+    assert "matches" in run_tether(tmp_path, "replay", str(second), env=env).stdout
+    assert len(world.hits) == hits
+
+    pruned = json.loads(run_tether(tmp_path, "capture", "prune", "--older-than", "0s",
+                                   "--json", env=env).stdout)
+    assert pruned["exchanges"] == 4 and pruned["bodies_deleted"] == 4
+    after = run_tether(tmp_path, "replay", str(first), env=env, check=False)
+    assert after.returncode == 1 and "pruned" in after.stdout
     # No secret in anything the project wrote.
     for p in (tmp_path / ".tether").rglob("*"):
         if p.is_file():
-            assert b"cli-5ecret-token" not in p.read_bytes(), p
+            assert token.encode() not in p.read_bytes(), p
