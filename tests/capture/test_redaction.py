@@ -132,6 +132,8 @@ def test_redactor_rules() -> None:
     red = Redactor()
     secrets: set[bytes] = set()
     assert red.header_is_secret("X-Goog-Api-Key") and red.header_is_secret("Set-Cookie")
+    assert red.header_is_secret("Ocp-Apim-Subscription-Key")
+    assert red.header_is_secret("X-Auth-Token") and red.header_is_secret("Private-Token")
     assert not red.header_is_secret("Content-Type")
     assert red.field_is_secret("client_secret") and red.field_is_secret("refresh_token")
     assert not red.field_is_secret("max_tokens") and not red.field_is_secret("next_page_token")
@@ -145,3 +147,22 @@ def test_redactor_rules() -> None:
                     secrets)
     assert form == b"grant_type=x&client_secret=[REDACTED]"
     assert red.body(b'{"a": 1}', "application/json", secrets) == b'{"a": 1}'  # untouched
+
+
+def test_a_failure_reason_naming_a_secret_url_is_scrubbed(
+    make_project: MakeProject, run_idle: RunIdle, world: World
+) -> None:
+    world.set_json("/deny", {"error": "no"}, status=403)
+
+    @tether.agent(max_attempts=1)
+    def denied(ctx: Context) -> object:
+        httpx.get(f"{world.url}/deny", params={"api_key": SECRETS["query"]}).raise_for_status()
+        return None
+
+    project = make_project([denied])
+    sub = project.submit("denied", "k")
+    run_idle(project)
+    [run] = project.store.runs_of(sub.task_id)
+    assert run.failure_reason is not None and "403" in run.failure_reason
+    assert SECRETS["query"] not in run.failure_reason
+    assert "[REDACTED]" in run.failure_reason

@@ -18,7 +18,7 @@ from tether.capture.blobs import BlobStore, FsspecBlobs, LocalBlobs, open_blobs
 from tether.capture.config import CaptureConfig, attach, config_for
 from tether.capture.fingerprint import fingerprint, normalise_url
 from tether.capture.queries import Exchange, body, exchanges, task_exchanges
-from tether.capture.recorder import RunCapture, bind, current, recording
+from tether.capture.recorder import RunCapture, bind, current, recording, scrub_reason
 from tether.capture.redact import REDACTED, Redactor
 
 if TYPE_CHECKING:
@@ -69,5 +69,6 @@ __all__ = [
     "open_blobs",
     "recording",
     "replay",
+    "scrub_reason",
     "task_exchanges",
 ]

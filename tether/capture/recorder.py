@@ -484,6 +484,23 @@ def recording(store: Store, run_id: int, task_id: int) -> Iterator[RunCapture | 
             tee.abandon()
         if cap.made and not sink.flush():
             log.warning("HTTP exchanges of run %s still being written after 120 s", run_id)
+        if cap.secrets:
+            _recent_secrets[run_id] = frozenset(cap.secrets)
+            while len(_recent_secrets) > 1024:
+                _recent_secrets.pop(next(iter(_recent_secrets)), None)
+
+
+_recent_secrets: dict[int, frozenset[bytes]] = {}
+"""Secret values seen by recently finished runs, for :func:`scrub_reason`."""
+
+
+def scrub_reason(run_id: int, text: str) -> str:
+    """``text`` (a failure reason about to be stored) without the secret values the run's
+    HTTP requests carried: an HTTP error message names the URL, query string and all."""
+    secrets = _recent_secrets.pop(run_id, None)
+    if not secrets or not text:
+        return text
+    return scrub_text(text, set(secrets))
 
 
 @contextmanager

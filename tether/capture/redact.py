@@ -65,7 +65,9 @@ class Redactor:
 
     def header_is_secret(self, name: str) -> bool:
         low = name.lower()
-        return low in self._headers or any(part in low for part in _HEADER_PARTS)
+        # `...-key` headers are keys: X-Functions-Key, Ocp-Apim-Subscription-Key.
+        return (low in self._headers or low.endswith("key")
+                or any(part in low for part in _HEADER_PARTS))
 
     def field_is_secret(self, name: str) -> bool:
         low = name.lower()

@@ -107,7 +107,7 @@ class Executor:
     ) -> Completion:
         now = time.time()
         retry_at = None
-        reason = failure.reason
+        reason = capture.scrub_reason(claim.run_id, failure.reason)  # no secret in the store
         if failure.retryable and agent is not None:
             retry_at = agent.retry.retry_at(claim.attempt, now)
             if retry_at is None and agent.retry.max_attempts > 1:
