@@ -155,7 +155,9 @@ def test_the_guide_walkthrough_end_to_end(tmp_path: Path, world: World) -> None:
     hits = len(world.hits)
     replayed = json.loads(run_tether(tmp_path, "replay", str(first), "--json", env=env).stdout)
     assert replayed["matches"] is True and replayed["output"] == {"premium": 1100.0}
-    assert "matches" in run_tether(tmp_path, "replay", str(second), env=env).stdout
+    assert "matches" in run_tether(tmp_path, "replay", "quote/case-7", env=env).stdout  # last
+    assert f"replay of run {second}" in run_tether(tmp_path, "replay", "quote/case-7",
+                                                   env=env).stdout
     assert len(world.hits) == hits
 
     pruned = json.loads(run_tether(tmp_path, "capture", "prune", "--older-than", "0s",

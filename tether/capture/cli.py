@@ -20,15 +20,23 @@ app.add_typer(capture_app, name="capture")
 
 @app.command()
 def replay(
-    run: Annotated[int, typer.Argument(help="The run id to reproduce.")],
+    run: Annotated[str, typer.Argument(help="A run id, or a task (AGENT/KEY) for its last run.")],
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run a run's agent offline against its recorded HTTP answers and say whether it
     reaches the same output. Writes nothing to the store. Exit status 1 if it differs."""
     from tether.capture.replayer import replay as do_replay
+    from tether.errors import NotFound
 
     with _project() as project:
-        result = do_replay(project, run)
+        if run.isdigit():
+            run_id = int(run)
+        else:
+            runs = project.store.runs_of(project.store.get_task(run).id, with_steps=False)
+            if not runs:
+                raise NotFound(f"task {run} has no run to replay")
+            run_id = runs[-1].id
+        result = do_replay(project, run_id)
     if as_json:
         emit_json(result.to_dict())
     else:
