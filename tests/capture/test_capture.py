@@ -356,3 +356,21 @@ def test_a_response_the_agent_never_closes_is_still_recorded_and_marked(
     [ex] = exchanges(project.store, _one_run(project, run_idle, "leaker"))
     assert ex.response_body == "partial" and ex.response_sha256 is None
     assert ex.note is not None and "stopped reading the response after" in ex.note
+
+
+def test_blob_locations_follow_the_settings(tmp_path: Path) -> None:
+    from tether.capture import CaptureConfig
+    from tether.config import load_settings
+
+    default = CaptureConfig.from_settings(load_settings(tmp_path))
+    assert default.blobs == str(tmp_path / ".tether" / "blobs")
+    relative = CaptureConfig.from_settings(load_settings(tmp_path, capture_blobs="bodies"))
+    assert relative.blobs == str(tmp_path / "bodies")
+    remote = CaptureConfig.from_settings(load_settings(tmp_path, capture_blobs="s3://b/p"))
+    assert remote.blobs == "s3://b/p"
+    pg = CaptureConfig.from_settings(
+        load_settings(tmp_path, database_url="postgresql://u@h/db"))
+    assert pg.blobs == str(tmp_path / ".tether" / "blobs")
+    (tmp_path / "tether.toml").write_text('capture_redact_fields = ["ssn"]\ncapture = false\n')
+    from_file = CaptureConfig.from_settings(load_settings(tmp_path))
+    assert from_file.redact_fields == ("ssn",) and from_file.enabled is False

@@ -28,7 +28,7 @@ def _pricer(world: World) -> tether.Agent:
         with httpx.Client() as client:
             with ctx.step("read price"):
                 price = client.get(f"{world.url}/price", params={"case": ctx.key}).json()
-            with ctx.step("quote"):
+            with ctx.step("quote", key=f"quote-{ctx.key}"):  # keyed: written as started
                 quote = client.post(f"{world.url}/quote", json={"price": price["price"]}).json()
         with ctx.step("risk"):
             risk = requests.get(f"{world.url}/gzip", timeout=5).json()
