@@ -46,8 +46,9 @@ def _server() -> tuple[ThreadingHTTPServer, str]:
         disable_nagle_algorithm = True  # else delayed ACKs add 40 ms to every request
 
         def do_GET(self) -> None:
-            size = int(self.path.strip("/"))
-            head = f'{{"n": {next(counter)}, "pad": "'.encode()
+            same = self.path.startswith("/same/")
+            size = int(self.path.rsplit("/", 1)[1])
+            head = f'{{"n": {0 if same else next(counter)}, "pad": "'.encode()
             body = head + filler[: max(0, size - len(head) - 2)] + b'"}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -90,9 +91,10 @@ _runs = itertools.count()
 
 
 def measure(store: Store, url: str, *, client: str, size: int, n: int,
-            rounds: int) -> dict[str, Any]:
-    """Per-request seconds off and on, median over ``rounds``."""
-    target = f"{url}/{size}"
+            rounds: int, repeated: bool = False) -> dict[str, Any]:
+    """Per-request seconds off and on, median over ``rounds``. ``repeated``: the server
+    answers the same body every time (stored once: no new blob file after the first)."""
+    target = f"{url}/same/{size}" if repeated else f"{url}/{size}"
     if client == "httpx":
         session: Any = httpx.Client()
 
@@ -118,7 +120,8 @@ def measure(store: Store, url: str, *, client: str, size: int, n: int,
     off_s, on_s = statistics.median(off), statistics.median(on)
     written_s = statistics.median(on_written)
     return {
-        "client": client, "size": size, "n": n * rounds, "off_ms": off_s * 1000,
+        "client": client + (" (same)" if repeated else ""), "size": size, "n": n * rounds,
+        "off_ms": off_s * 1000,
         "on_ms": on_s * 1000, "added_ms": (on_s - off_s) * 1000,
         "added_written_ms": (written_s - off_s) * 1000,
         "added_cpu_ms": (statistics.median(on_cpu) - statistics.median(off_cpu)) * 1000,
@@ -137,23 +140,23 @@ def main() -> None:
     httpd, url = _server()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-capture-") as tmp:
         store = Store.open(f"sqlite:///{Path(tmp) / 'tether.db'}")
-        plan = [("httpx", KB, int(500 * scale)), ("requests", KB, int(500 * scale)),
-                ("httpx", MB, int(40 * scale))]
-        results = [measure(store, url, client=c, size=s, n=n, rounds=5)
-                   for c, s, n in plan]
+        plan = [("httpx", KB, int(500 * scale), False), ("requests", KB, int(500 * scale), False),
+                ("httpx", KB, int(500 * scale), True), ("httpx", MB, int(40 * scale), False)]
+        results = [measure(store, url, client=c, size=s, n=n, rounds=5, repeated=r)
+                   for c, s, n, r in plan]
         store.close()
     httpd.shutdown()
-    print(f"{'client':<9}{'body':>6}{'requests':>9}{'off ms':>8}{'on ms':>8}"
+    print(f"{'client':<16}{'body':>6}{'requests':>9}{'off ms':>8}{'on ms':>8}"
           f"{'added':>8}{'+written':>9}{'+cpu':>7}{'off MB/s':>9}{'on MB/s':>8}{'on/off':>7}")
     for r in results:
         label = "1 KB" if r["size"] == KB else "1 MB"
-        print(f"{r['client']:<9}{label:>6}{r['n']:>9}{r['off_ms']:>8.3f}{r['on_ms']:>8.3f}"
+        print(f"{r['client']:<16}{label:>6}{r['n']:>9}{r['off_ms']:>8.3f}{r['on_ms']:>8.3f}"
               f"{r['added_ms']:>8.3f}{r['added_written_ms']:>9.3f}{r['added_cpu_ms']:>7.3f}"
               f"{r['off_mbps']:>9.1f}{r['on_mbps']:>8.1f}{r['ratio']:>7.2f}")
     print("(ms per request; added: while the run makes its calls; +written: including "
           "waiting at the run's end until every exchange is written; +cpu: process CPU; "
           "on MB/s and on/off include the writes)")
-    kb = [r for r in results if r["size"] == KB]
+    kb = [r for r in results if r["size"] == KB and "same" not in r["client"]]
     mb = [r for r in results if r["size"] == MB]
     ok_kb = all(r["added_written_ms"] < 1.0 for r in kb)
     ok_mb = all(r["ratio"] >= 0.8 for r in mb)

@@ -224,6 +224,8 @@ class Sink:
     exchanges the hot path enqueues, in batches (it exits when idle, restarts on demand)."""
 
     BATCH = 256
+    LINGER = 0.05
+    """Seconds the writer waits for more exchanges before writing a batch."""
 
     def __init__(self, store: Store, config: CaptureConfig) -> None:
         self.store = store
@@ -262,10 +264,14 @@ class Sink:
                         self._thread = None
                         return
                 continue
+            # Linger to gather a batch: one commit (one fsync) per batch, not per exchange.
+            # A flush marker ends the wait at once (the run is finishing).
             batch = [first]
-            while len(batch) < self.BATCH:
+            deadline = time.monotonic() + self.LINGER
+            while len(batch) < self.BATCH and not isinstance(batch[-1], threading.Event):
+                left = deadline - time.monotonic()
                 try:
-                    batch.append(self._q.get_nowait())
+                    batch.append(self._q.get(timeout=left) if left > 0 else self._q.get_nowait())
                 except queue.Empty:
                     break
             markers = [b for b in batch if isinstance(b, threading.Event)]

@@ -55,6 +55,7 @@ class Redactor:
         self._headers = _HEADERS | {h.lower() for h in headers}
         self._fields = _FIELDS | {f.lower() for f in fields}
         self._query = _QUERY | self._fields
+        self._header_cache: dict[str, bool] = {}
         # A cheap pre-check before parsing a body: does any sensitive-looking name occur?
         # (Plain substring tests on the lower-cased bytes: a regex alternation over a
         # 1 MB body costs 100x more.)
@@ -64,10 +65,16 @@ class Redactor:
     # -- names ----------------------------------------------------------------------
 
     def header_is_secret(self, name: str) -> bool:
+        known = self._header_cache.get(name)
+        if known is not None:
+            return known
         low = name.lower()
         # `...-key` headers are keys: X-Functions-Key, Ocp-Apim-Subscription-Key.
-        return (low in self._headers or low.endswith("key")
-                or any(part in low for part in _HEADER_PARTS))
+        secret = (low in self._headers or low.endswith("key")
+                  or any(part in low for part in _HEADER_PARTS))
+        if len(self._header_cache) < 4096:  # header names repeat; bound it all the same
+            self._header_cache[name] = secret
+        return secret
 
     def field_is_secret(self, name: str) -> bool:
         low = name.lower()
