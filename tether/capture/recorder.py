@@ -225,7 +225,7 @@ class Sink:
 
     BATCH = 256
     LINGER = 0.05
-    """Seconds the writer waits for more exchanges before writing a batch."""
+    """Seconds between the writer's passes over the queue (a flush ends the wait)."""
 
     def __init__(self, store: Store, config: CaptureConfig) -> None:
         self.store = store
@@ -236,9 +236,11 @@ class Sink:
         """Why writes failed (also logged); capture never fails the agent's run."""
         self._q: queue.SimpleQueue[RawExchange | threading.Event] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def enqueue(self, item: RawExchange | threading.Event) -> None:
+        # The hot path: a lock-free put, no wake-up of the writer (it polls every LINGER).
         self._q.put(item)
         if self._thread is None:
             with self._lock:
@@ -252,40 +254,44 @@ class Sink:
         """Wait until everything enqueued so far is written; False on timeout."""
         marker = threading.Event()
         self.enqueue(marker)
+        self._wake.set()
         return marker.wait(timeout)
 
     def _serve(self) -> None:
+        idle = 0.0
         while True:
-            try:
-                first = self._q.get(timeout=2.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._q.empty():
-                        self._thread = None
-                        return
-                continue
-            # Linger to gather a batch: one commit (one fsync) per batch, not per exchange.
-            # A flush marker ends the wait at once (the run is finishing).
-            batch = [first]
-            deadline = time.monotonic() + self.LINGER
-            while len(batch) < self.BATCH and not isinstance(batch[-1], threading.Event):
-                left = deadline - time.monotonic()
+            # Poll rather than block on the queue: a put then wakes no thread, and one
+            # commit (one fsync) serves every exchange of the last LINGER seconds.
+            self._wake.wait(self.LINGER)
+            self._wake.clear()
+            batch: list[RawExchange | threading.Event] = []
+            while True:
                 try:
-                    batch.append(self._q.get(timeout=left) if left > 0 else self._q.get_nowait())
+                    batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
-            markers = [b for b in batch if isinstance(b, threading.Event)]
+            if not batch:
+                idle += self.LINGER
+                if idle >= 2.0:
+                    with self._lock:
+                        self._thread = None
+                        if self._q.empty():
+                            return
+                        self._thread = threading.current_thread()
+                continue
+            idle = 0.0
             raws = [b for b in batch if isinstance(b, RawExchange)]
             try:
-                if raws:
-                    self._write(raws)
+                for i in range(0, len(raws), self.BATCH):
+                    self._write(raws[i:i + self.BATCH])
             except Exception as exc:  # never kill the writer: the run must still finish
                 msg = f"could not record {len(raws)} HTTP exchanges: {exc}"
                 self.errors.append(msg)
                 log.warning(msg)
             finally:
-                for m in markers:
-                    m.set()
+                for m in batch:
+                    if isinstance(m, threading.Event):
+                        m.set()
 
     def _write(self, raws: list[RawExchange]) -> None:
         rows = []
