@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 import zlib
+from collections import deque
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -232,8 +233,8 @@ class Sink:
         self.config = config
         self.blobs: BlobStore = open_blobs(config.blobs)
         self.redactor = Redactor(config.redact_headers, config.redact_fields)
-        self.errors: list[str] = []
-        """Why writes failed (also logged); capture never fails the agent's run."""
+        self.errors: deque[str] = deque(maxlen=100)
+        """Why the last writes failed (also logged); capture never fails the agent's run."""
         self._q: queue.SimpleQueue[RawExchange | threading.Event] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
