@@ -66,6 +66,38 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=0.2, gt=0)
     """Seconds an idle worker waits before looking for queued runs again."""
 
+    # -- world capture (docs/capture.md) ---------------------------------------------
+
+    capture: bool = True
+    """Record every HTTP exchange agents make through httpx and requests."""
+
+    capture_blobs: str | None = None
+    """Where bodies go: a folder (relative to the project) or an fsspec URL such as
+    ``s3://bucket/tether``. Default: ``blobs/`` next to the SQLite file, else
+    ``.tether/blobs``."""
+
+    capture_max_body: int = Field(default=10 * 1024 * 1024, ge=0)
+    """Bodies larger than this many bytes are hashed but not stored (marked ``over_cap``)."""
+
+    capture_redact_headers: tuple[str, ...] = ()
+    """Header names redacted besides the built-in ones (Authorization, Cookie, API keys…)."""
+
+    capture_redact_fields: tuple[str, ...] = ()
+    """JSON / form field names redacted in bodies besides the built-in ones (password…)."""
+
+    capture_ignore_query: tuple[str, ...] = ()
+    """Query parameters left out of request fingerprints (timestamps, nonces)."""
+
+    capture_ignore_fields: tuple[str, ...] = ()
+    """JSON body fields left out of request fingerprints and of drift comparisons."""
+
+    capture_fingerprint_headers: tuple[str, ...] = ("accept",)
+    """Request headers that make two requests different in their fingerprint."""
+
+    capture_retention: str | None = None
+    """How long bodies are kept, e.g. ``30d``: ``tether capture prune`` deletes older ones
+    (rows stay, marked ``pruned``). None: keep everything."""
+
     @field_validator("project_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

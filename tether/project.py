@@ -44,7 +44,11 @@ class Project:
     @cached_property
     def store(self) -> Store:
         """The project's store, migrated on first use."""
-        return Store.open(self.settings)
+        from tether.capture import attach
+
+        store = Store.open(self.settings)
+        attach(store, self.settings)  # capture bodies go where the settings say
+        return store
 
     @cached_property
     def graph(self) -> Graph:

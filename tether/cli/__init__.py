@@ -1,5 +1,6 @@
 """The ``tether`` command line."""
 
+from tether.capture import cli as capture  # registers replay, drift and capture …
 from tether.cli import (
     operate,  # registers retry, cancel and verify on `app`
     provenance,  # registers why, why-not and graph on `app`
@@ -7,4 +8,4 @@ from tether.cli import (
 )
 from tether.cli.app import app, main
 
-__all__ = ["app", "main", "operate", "provenance", "temporal"]
+__all__ = ["app", "capture", "main", "operate", "provenance", "temporal"]

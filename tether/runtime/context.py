@@ -9,6 +9,7 @@ from functools import cached_property
 from types import TracebackType
 from typing import Any
 
+from tether.capture.recorder import enter_step, exit_step
 from tether.jsonable import to_json
 from tether.store import Run, StepWrite, Store, TaskInput
 from tether.store.writes import Claim
@@ -110,6 +111,7 @@ class StepHandle:
 
     def __enter__(self) -> StepHandle:
         self._started_at = time.time()
+        self._capture = enter_step(self.seq)  # HTTP exchanges made now link to this step
         self.status = "running"
         self._marked = self.key is not None and not self.done
         if self._marked:
@@ -124,6 +126,7 @@ class StepHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        exit_step(getattr(self, "_capture", None))
         if exc is None and self.done:
             # Completed by an earlier run: by the contract the block skipped the action.
             self.status = "skipped"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from tether import capture
 from tether.graph.agent import Agent, Upstream
 from tether.graph.registry import Graph
 from tether.jsonable import to_json
@@ -73,9 +74,11 @@ class Executor:
             )
         ctx = Context(claim, store=self.store, recorder=recorder)
         try:
-            result = agent.fn(ctx)
-            if asyncio.iscoroutine(result):
-                result = self._await(result)
+            # World capture: HTTP exchanges made while the agent runs belong to this run.
+            with capture.recording(self.store, claim.run_id, claim.task_id):
+                result = agent.fn(ctx)
+                if asyncio.iscoroutine(result):
+                    result = self._await(capture.bind(result))
             waiting_for = None
             if isinstance(result, Waiting):
                 waiting_for, result = result.reason or "waiting", result.output
@@ -112,7 +115,7 @@ class Executor:
     ) -> Completion:
         now = time.time()
         retry_at = None
-        reason = failure.reason
+        reason = capture.scrub_reason(claim.run_id, failure.reason)  # no secret in the store
         if failure.retryable and agent is not None:
             retry_at = agent.retry.retry_at(claim.attempt, now)
             if retry_at is None and agent.retry.max_attempts > 1:
