@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -75,14 +74,11 @@ def test_the_guide_walkthrough(project: Path) -> None:
     # v2 is wrong on c03, c05, c07 and c08 under the latest labels: each re-run at once.
     assert v2["run"]["reruns"] == 4
     triage = tether(project, "eval", "disagreements", "v2", "--json", check=False)
-    if importlib.util.find_spec("tether.capture") is None:
-        # World capture (issue 5) is not in this build: one clear line.
-        assert triage.returncode == 1 and "world capture" in triage.stderr
-    else:  # no HTTP at all: same (no) answers, same decision
-        rows = json.loads(triage.stdout)
-        assert {r["key"]: r["classification"] for r in rows} == dict.fromkeys(
-            ["c03", "c05", "c07", "c08"], "agent_wrong"
-        )
+    # No HTTP at all: same (no) answers, same decision.
+    rows = json.loads(triage.stdout)
+    assert {r["key"]: r["classification"] for r in rows} == dict.fromkeys(
+        ["c03", "c05", "c07", "c08"], "agent_wrong"
+    )
     gate = tether(
         project, "eval", "compare", "v1", "v2", "--max-regressions", "1", "--json", check=False
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import tether
-from tether import Store
+from tether import Store, capture
 from tether.evals import save_dataset
 from tether.evals.disagreements import (
-    CaptureMissing,
     classify_disagreement,
     disagrees,
     exchanges_of,
@@ -56,14 +59,6 @@ def test_classify(
     first: list[tuple[str, str]], second: list[tuple[str, str]], d1: Any, d2: Any, expected: str
 ) -> None:
     assert classify_disagreement(first, second, d1, d2) == expected
-
-
-def test_missing_capture_names_the_feature(store: Store) -> None:
-    if importlib.util.find_spec("tether.capture") is None:
-        with pytest.raises(CaptureMissing, match=r"world capture \(tether.capture, issue 5\)"):
-            exchanges_of(store, 1)
-    else:  # after issue 5 is merged: a run with no exchanges has none
-        assert exchanges_of(store, 1) == []
 
 
 def test_disagreeing_cases_are_rerun_at_once_and_triaged(store: Store) -> None:
@@ -113,4 +108,72 @@ def test_disagreeing_cases_are_rerun_at_once_and_triaged(store: Store) -> None:
         "k1": "world_moved",
         "k2": "agent_nondeterministic",
         "k3": "agent_wrong",
+    }
+
+
+class _MovingWorld(BaseHTTPRequestHandler):
+    """``GET /case/<key>``: ``moved`` says fraud on its first call and legit after (the
+    world moved); every other key always gets the same answer."""
+
+    hits: dict[str, int] = {}
+
+    def do_GET(self) -> None:
+        key = self.path.rsplit("/", 1)[1]
+        n = self.hits[key] = self.hits.get(key, 0) + 1
+        fraud = n == 1 if key == "moved" else key == "wrong"
+        body = json.dumps({"key": key, "fraud": fraud}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_disagreements_are_classified_from_captured_exchanges(
+    store: Store, tmp_path: Path
+) -> None:
+    """End to end with world capture: an agent asks a real local API about each case; the
+    disagreeing cases are re-run at once and classified from the recorded exchanges."""
+    _MovingWorld.hits = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MovingWorld)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    capture.attach(store, capture.CaptureConfig(blobs=str(tmp_path / "blobs")))
+    flips = iter([True, False])
+
+    @tether.agent
+    def checker(ctx: tether.Context) -> dict[str, Any]:
+        key = ctx.input["key"]
+        answer = httpx.get(f"{base}/case/{key}").json()
+        # "nondet" ignores the (stable) answer and flips its decision between runs.
+        return {"decision": next(flips) if key == "nondet" else answer["fraud"]}
+
+    try:
+        ds = save_dataset(
+            store,
+            Dataset(
+                name="world",
+                cases=tuple(
+                    Case(k, {"key": k}, 0.0, (LabelObservation(False, 1.0),))
+                    for k in ("ok", "moved", "nondet", "wrong")
+                ),
+            ),
+        )
+        graph = build([checker])
+        exp, _ = start(store, graph, ds, "checker", name="world-e")
+        stats = ExperimentRunner(store, graph, exp, ds, concurrency=1).run(rerun_if=disagrees(ds))
+        assert stats.reruns == 3
+        first = results(store, exp.id)
+        assert all(len(exchanges_of(store, r.run_id)) == 1 for r in first)
+        rows = triage(store, first, results(store, exp.id, kind="rerun"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert {r["key"]: r["classification"] for r in rows} == {
+        "moved": "world_moved",
+        "nondet": "agent_nondeterministic",
+        "wrong": "agent_wrong",
     }

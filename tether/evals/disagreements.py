@@ -20,19 +20,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from tether.errors import TetherError
+from tether import capture
 from tether.evals.models import Dataset, Result
 from tether.evals.scorers import resolve
 from tether.evals.scoring import AsOf
 from tether.store import Store
 
 Classification = Literal["world_moved", "agent_nondeterministic", "agent_wrong"]
-Exchange = tuple[str, str]
+Exchange = tuple[str, str | None]
 """``(request fingerprint, response sha256)`` of one HTTP exchange."""
-
-
-class CaptureMissing(TetherError):
-    """Disagreement triage needs world capture, which this installation does not have."""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -53,7 +49,7 @@ def classify_disagreement(
     changed decision means the agent is nondeterministic, and the same decision that it
     is wrong.
     """
-    seen: dict[str, list[str]] = {}
+    seen: dict[str, list[str | None]] = {}
     for fp, sha in second:
         seen.setdefault(fp, []).append(sha)
     used: dict[str, int] = {}
@@ -71,18 +67,7 @@ def classify_disagreement(
 
 
 def exchanges_of(store: Store, run_id: int) -> list[Exchange]:
-    """A run's recorded exchanges as ``(fingerprint, response_sha256)`` pairs.
-
-    Raises:
-        CaptureMissing: ``tether.capture`` (world capture, issue 5) is not available.
-    """
-    try:
-        from tether import capture  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise CaptureMissing(
-            "disagreement triage compares the HTTP exchanges of two runs, which needs world "
-            "capture (tether.capture, issue 5); this installation does not have it"
-        ) from exc
+    """A run's recorded exchanges (world capture) as ``(fingerprint, response_sha256)``."""
     return [(x.fingerprint, x.response_sha256) for x in capture.exchanges(store, run_id)]
 
 
