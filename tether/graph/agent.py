@@ -47,6 +47,10 @@ class Agent:
     team: str | None = None
     """The team that owns the agent, shown in the graph."""
     description: str = ""
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None
+    """What the production bar's triage model learns from besides the harness's own
+    features: a function ``(ctx, output) -> {name: number or str}``, or output/input field
+    names (see docs/production-bar.md)."""
 
     @property
     def is_async(self) -> bool:
@@ -136,6 +140,7 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Agent]: ...
 
 
@@ -152,6 +157,7 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
 ) -> Agent | Callable[[Callable[..., Any]], Agent]:
     """Make a function an agent. Use bare (``@tether.agent``) or with options.
 
@@ -169,6 +175,8 @@ def agent(
             its field of the same name.
         retry_on: extra exception types to treat as retryable.
         team: the team that owns the agent.
+        features: for the triage model, a function ``(ctx, output) -> dict`` of extra
+            features, or output/input field names to learn from.
     """
 
     def wrap(f: Callable[..., Any]) -> Agent:
@@ -195,6 +203,7 @@ def agent(
             retry_on=exc_types,
             team=team,
             description=inspect.getdoc(f) or "",
+            features=tuple(features) if isinstance(features, (list, tuple)) else features,
         )
 
     if fn is not None:
