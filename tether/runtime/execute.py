@@ -16,6 +16,7 @@ from tether.retry import Failure, classify
 from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
+from tether.triage.enforce import Triage
 
 
 def edges_for(graph: Graph, agent: Agent, key: str, output: Any) -> tuple[Edge, ...]:
@@ -47,6 +48,8 @@ class Executor:
         self.graph = graph
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        # The production bar's post-processing step (holds low-scoring runs for review).
+        self.triage = Triage(store)
 
     def recorder(self, claim: Claim) -> StepRecorder:
         """A fresh step recorder for a claimed run."""
@@ -68,6 +71,7 @@ class Executor:
                 None,
             )
         ctx = Context(claim, store=self.store, recorder=recorder)
+        started = time.time()
         try:
             result = agent.fn(ctx)
             if asyncio.iscoroutine(result):
@@ -76,6 +80,9 @@ class Executor:
             if isinstance(result, Waiting):
                 waiting_for, result = result.reason or "waiting", result.output
             output = to_json(result)
+            if waiting_for is None:
+                waiting_for = self.triage.check(agent, ctx, output, steps=recorder.count,
+                                                started=started)
             # A task still waiting has not reached its outcome: nothing downstream yet.
             edges = () if waiting_for else edges_for(self.graph, agent, claim.key, output)
         except Exception as exc:

@@ -33,6 +33,8 @@ bars = Table(
     Column("set_by", String(200), nullable=False),
     Column("set_at", Time, nullable=False),
     Column("note", Text, nullable=True),
+    # The share of automated runs still sampled for review (rollout review).
+    Column("rollout_rate", Time, nullable=False),
     Index(None, "agent", "set_at"),
 )
 

@@ -35,6 +35,8 @@ class Bar:
     set_by: str
     set_at: float
     note: str | None = None
+    rollout_rate: float = 0.05
+    """The share of automated runs still sampled for review, so precision stays measured."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form the CLI prints and a model keeps as its bar snapshot."""
@@ -44,7 +46,8 @@ class Bar:
         """``automated decisions >= 98% correct (precision) at 95% confidence``."""
         return (
             f"automated decisions >= {self.target:.1%} correct ({self.metric}) "
-            f"at {self.confidence:.0%} confidence"
+            f"at {self.confidence:.0%} confidence; {self.rollout_rate:.0%} of automated runs "
+            "sampled for review"
         )
 
 
@@ -64,7 +67,9 @@ class AuditEntry:
         return asdict(self)
 
 
-def _check(agent: str, metric: str, target: float, confidence: float, by: str) -> None:
+def _check(
+    agent: str, metric: str, target: float, confidence: float, by: str, rollout: float
+) -> None:
     if not agent or not agent.strip():
         raise TriageError("bar: the agent name is empty; pass the agent's name, e.g. `quote`")
     if metric not in METRICS:
@@ -78,6 +83,10 @@ def _check(agent: str, metric: str, target: float, confidence: float, by: str) -
     if not 0.0 < confidence < 1.0:
         raise TriageError(
             f"bar for {agent!r}: --confidence {confidence} is outside (0, 1); e.g. 0.95"
+        )
+    if not 0.0 <= rollout <= 1.0:
+        raise TriageError(
+            f"bar for {agent!r}: --rollout {rollout} is outside [0, 1]; e.g. 0.05 for 5%"
         )
     if not by or not by.strip():
         raise TriageError(f"bar for {agent!r}: say who sets it (--by NAME)")
@@ -105,6 +114,7 @@ def set_bar(
     metric: str = "precision",
     by: str,
     note: str | None = None,
+    rollout_rate: float = 0.05,
     now: float | None = None,
 ) -> Bar:
     """Set ``agent``'s bar; the change and the bar it replaced go to the audit log.
@@ -112,11 +122,12 @@ def set_bar(
     Raises:
         TriageError: a value is out of range or the metric is unknown.
     """
-    _check(agent, metric, target, confidence, by)
+    _check(agent, metric, target, confidence, by, rollout_rate)
     when = time.time() if now is None else now
     values = {
         "agent": agent, "metric": metric, "target": float(target),
         "confidence": float(confidence), "set_by": by, "set_at": when, "note": note,
+        "rollout_rate": float(rollout_rate),
     }
 
     def body(conn: Connection) -> Bar:

@@ -40,6 +40,9 @@ def bar_set(
         float | None, typer.Option(help="Minimum accuracy of the automated share instead.")
     ] = None,
     confidence: Annotated[float, typer.Option(help="Confidence level, e.g. 0.95.")] = 0.95,
+    rollout: Annotated[
+        float, typer.Option(help="Share of automated runs still sampled for review.")
+    ] = 0.05,
     by: ByOpt = None,
     note: Annotated[str | None, typer.Option("--note", "-m", help="Why.")] = None,
     as_json: JsonOpt = False,
@@ -59,7 +62,8 @@ def bar_set(
                 f"{', '.join(sorted(project.graph.agents)) or 'none'}"
             )
         bar = set_bar(project.store, agent, metric=metric, target=target,
-                      confidence=confidence, by=_actor(by), note=note)
+                      confidence=confidence, by=_actor(by), note=note,
+                      rollout_rate=rollout)
     if as_json:
         emit_json(bar.to_dict())
         return
@@ -86,10 +90,10 @@ def bar_show(agent: AgentArg, as_json: JsonOpt = False) -> None:
                       "--precision 0.98 --confidence 0.95`")
         return
     console.print(f"{escape(agent)}: {current.describe()}")
-    table = Table("set at", "by", "metric", "target", "confidence", "note")
+    table = Table("set at", "by", "metric", "target", "confidence", "rollout", "note")
     for b in reversed(history):
         table.add_row(_when(b.set_at), escape(b.set_by), b.metric, f"{b.target:g}",
-                      f"{b.confidence:g}", escape(b.note or ""))
+                      f"{b.confidence:g}", f"{b.rollout_rate:g}", escape(b.note or ""))
     console.print(table)
 
 

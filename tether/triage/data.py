@@ -99,8 +99,8 @@ def reviewed_runs(store: Store, agent: Agent | None, name: str) -> TrainingData:
             .order_by(runs.c.id)
         )
         found = conn.execute(q).all()
-        step_counts = dict(
-            conn.execute(  # type: ignore[arg-type]
+        step_counts: dict[int, int] = dict(
+            conn.execute(
                 select(steps.c.run_id, func.count())
                 .select_from(latest)
                 .join(steps, steps.c.run_id == latest.c.run_id)
@@ -109,12 +109,12 @@ def reviewed_runs(store: Store, agent: Agent | None, name: str) -> TrainingData:
             ).all()
         )
         inputs: dict[int, list[tuple[float, Any]]] = {}
-        for r in conn.execute(
+        for ti in conn.execute(
             select(task_inputs.c.task_id, task_inputs.c.received_at, task_inputs.c.data)
             .join(tasks, and_(tasks.c.id == task_inputs.c.task_id, tasks.c.agent == name))
             .order_by(task_inputs.c.task_id, task_inputs.c.seq)
         ):
-            inputs.setdefault(r.task_id, []).append((r.received_at, r.data))
+            inputs.setdefault(ti.task_id, []).append((ti.received_at, ti.data))
         sims = similarity_by_run(conn, select(latest.c.run_id)) if found else {}
     for r in found:
         latency = (

@@ -42,7 +42,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def _scalar(name: str, v: Any, out: dict[str, Any]) -> None:
-    if isinstance(v, bool) or isinstance(v, (int, float)):
+    if isinstance(v, (bool, int, float)):
         out[name] = float(v)
     elif isinstance(v, str):
         out[name] = v

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from tether.store import Store
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import reviews
+from tether.store.store import RUN_FIELDS
 
 KINDS = ("auto", "home", "life", "travel")
 _KIND_PENALTY = {"auto": 0.0, "home": 0.05, "life": 0.12, "travel": 0.02}
@@ -66,15 +67,16 @@ def seed_reviewed(
                 select(tasks.c.key, tasks.c.id).where(tasks.c.agent == agent,
                                                       tasks.c.key.in_(keys))
             ).all())
-            conn.execute(insert(runs), [
+            recorded = conn.execute(insert(runs).returning(*RUN_FIELDS), [
                 {"task_id": ids[k], "attempt": 1, "reason": "submitted", "status": "succeeded",
                  "output": data["outputs"][i], "created_at": t0 + i, "available_at": t0 + i,
                  "started_at": t0 + i, "finished_at": t0 + i + 0.5, "worker": "synthetic"}
                 for i, k in enumerate(keys, lo)
-            ])
-            found = dict(conn.execute(
-                select(runs.c.task_id, runs.c.id).where(runs.c.task_id.in_(list(ids.values())))
-            ).all())
+            ]).all()
+            # Into each task's hash chain like any recorded run, so `tether verify` holds.
+            store._append_many(conn, [(r.task_id, [("run", dict(r._mapping))], r.finished_at)
+                                      for r in recorded])
+            found = {r.task_id: r.id for r in recorded}
             conn.execute(insert(reviews), [
                 {"run_id": found[ids[k]], "task_id": ids[k], "agent": agent,
                  "verdict": "correct" if data["correct"][i] else "incorrect",

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("set_by", sa.String(200), nullable=False),
         sa.Column("set_at", sa.Double(), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("rollout_rate", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_bars"),
     )
     op.create_index("ix_bars_agent_set_at", "bars", ["agent", "set_at"])
