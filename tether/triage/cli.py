@@ -97,8 +97,71 @@ def bar_show(agent: AgentArg, as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-def _report_path(html: Path | None) -> Path | None:
-    return html
+@triage_app.command("train")
+def triage_train(
+    agent: AgentArg,
+    seed: Annotated[int, typer.Option(help="Seed of the train/held-out split.")] = 0,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train AGENT's triage model on its reviewed runs and choose the threshold for its bar."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tether.triage.train import train
+
+    with _project() as project, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=console, transient=True, disable=as_json,
+    ) as bar:
+        job = bar.add_task("training", total=None)
+        model = train(project.store, project.graph, agent, seed=seed, actor=_actor(by),
+                      progress=lambda msg: bar.update(job, description=msg))
+    if as_json:
+        data = model.to_dict()
+        data["metrics"] = {k: v for k, v in model.metrics.items() if k != "curve"}
+        emit_json(data)
+        return
+    m = model.metrics
+    console.print(f"model {model.id} for {escape(agent)}: trained on {m['train_rows']} runs, "
+                  f"threshold chosen on {m['calibration_rows']} held-out runs "
+                  f"(AUC {m['calibration_auc']:.3f})" if m.get("calibration_auc") is not None
+                  else f"model {model.id} for {escape(agent)}")
+    if model.threshold is None:
+        console.print("[red]no threshold meets the bar: every run goes to review[/]")
+    else:
+        console.print(
+            f"threshold {model.threshold:.4f}: {model.automated_share:.1%} automated, "
+            f"held-out precision {m['calibration_precision']:.1%}"
+        )
+
+
+@triage_app.command("report")
+def triage_report(
+    agent: AgentArg,
+    html: Annotated[Path | None, typer.Option("--html", help="Write an HTML report here.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The Pareto curve, the chosen point, and whether the bar holds on recent reviews."""
+    from tether.triage.report import report, write_html
+
+    with _project() as project:
+        data = report(project.store, agent)
+    if html is not None:
+        write_html(data, html)
+    if as_json:
+        emit_json(data)
+        return
+    chosen, recent = data["chosen"], data["recent"]
+    console.print(f"{escape(agent)}: bar {'met' if data['bar_met'] else '[red]NOT met[/]'}")
+    if chosen["threshold"] is not None:
+        console.print(f"threshold {chosen['threshold']:.4f}: {chosen['automated_share']:.1%} "
+                      f"automated, held-out precision {chosen['precision']:.1%}")
+    console.print(f"recent: {recent['reviewed']} reviewed automated runs; {recent['status']}")
+    for note in data["notes"]:
+        console.print(f"[red]{escape(note)}[/]")
+    if html is not None:
+        console.print(f"report written to {escape(str(html))}")
 
 
 __all__ = ["bar_app", "triage_app"]
