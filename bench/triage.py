@@ -13,6 +13,7 @@ median.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import tempfile
@@ -52,8 +53,7 @@ def main() -> None:
                       progress=lambda m: stages.append((m, time.perf_counter())))
         total = time.perf_counter() - t
         marks = [*stages, ("saved", t + total)]
-        phases = [(a[0].split(" on ")[0], b[1] - a[1]) for a, b in zip(marks, marks[1:],
-                                                                          strict=False)]
+        phases = [(a[0].split(" on ")[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)]
 
         fresh = cases(args.score, seed=12)
         view = RunView("quote", "k", None, 1)
