@@ -136,3 +136,14 @@ def test_corrected_output_flows_downstream_and_rejection_fails_the_task(
         release_held(project.store, project.graph, r1.run_id, verdict="correct",
                      reviewer="ana")
     assert verify(project.store.engine).ok
+
+
+def test_a_raised_bar_sends_every_run_to_review_until_retrained(
+    project: Project, run_idle: RunIdle
+) -> None:
+    set_bar(project.store, "quote", target=0.97, confidence=0.9, by="omar")
+    project.submit("quote", "easy", EASY)
+    run_idle(project)
+    run, step = _triage_step(project, "quote/easy")
+    assert step.output["decision"] == "held for review" and run.waiting_for == "review"
+    assert _edges(project) == 0

@@ -33,6 +33,13 @@ class Decision:
     sampled: bool = False
 
 
+def stricter(bar: Bar, trained_for: dict[str, Any]) -> bool:
+    """Whether ``bar`` asks more than the bar a model was trained for."""
+    return bar.target > float(trained_for.get("target", 1.0)) or bar.confidence > float(
+        trained_for.get("confidence", 1.0)
+    )
+
+
 class Triage:
     """Per-worker triage: the newest bar and model per agent (re-read every ``ttl`` s)."""
 
@@ -48,8 +55,12 @@ class Triage:
         try:
             bar = get_bar(self.store, agent)
             model = latest_model(self.store, agent) if bar is not None else None
-        except Exception:  # a store without the triage tables yet: nothing to enforce
-            bar, model = None, None
+        except Exception:
+            # The store hiccuped: keep enforcing what we knew rather than letting runs
+            # through unchecked; with nothing known, the run fails and is retried.
+            if hit is None:
+                raise
+            return hit[1], hit[2]
         self._seen[agent] = (now, bar, model)
         return bar, model
 
@@ -58,6 +69,8 @@ class Triage:
     ) -> str | None:
         """Run the triage step for a successful run; returns ``"review"`` when the run is
         held (its task then waits for review), None when it completes normally."""
+        if ctx.reason == "eval":
+            return None  # an experiment's run is scored by the evaluation, not reviewed
         now = time.time()
         bar, model = self._lookup(agent.name, now)
         if bar is None or model is None:
@@ -84,6 +97,10 @@ class Triage:
     ) -> Decision:
         if model.threshold is None:  # no threshold met the bar: every run is reviewed
             return Decision(True, None, None, model.id)
+        if stricter(bar, model.bar):
+            # The threshold was chosen for a laxer bar: it vouches for nothing now. Every
+            # run goes to review until the model is retrained for the new bar.
+            return Decision(True, None, model.threshold, model.id)
         try:
             row = raw_features(agent, ctx, output, steps=steps, attempt=ctx.attempt,
                                latency=latency)

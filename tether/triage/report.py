@@ -111,8 +111,14 @@ def report(store: Store, agent: str) -> dict[str, Any]:
             "(more reviewed runs, better features or a lower bar would change that)"
         )
     if bar is not None and bar.id != model.bar.get("id"):
-        notes.append("the bar changed after this model was trained: retrain it "
-                     f"(`tether triage train {agent}`)")
+        from tether.triage.enforce import stricter
+
+        if stricter(bar, model.bar):
+            notes.append("the bar was raised after this model was trained: every run goes "
+                         f"to review until you retrain (`tether triage train {agent}`)")
+        else:
+            notes.append("the bar changed after this model was trained: retrain it "
+                         f"(`tether triage train {agent}`)")
     if check["slipped"]:
         notes.append(check["status"])
     curve = model.metrics.get("curve", [])
@@ -128,9 +134,16 @@ def report(store: Store, agent: str) -> dict[str, Any]:
         },
         "curve": curve,
         "recent": check,
-        "bar_met": model.threshold is not None and not check["slipped"],
+        "bar_met": model.threshold is not None and not check["slipped"]
+        and not (bar is not None and _stricter(bar, model.bar)),
         "notes": notes,
     }
+
+
+def _stricter(bar: Any, trained_for: dict[str, Any]) -> bool:
+    from tether.triage.enforce import stricter
+
+    return stricter(bar, trained_for)
 
 
 def pareto_svg(data: dict[str, Any]) -> str:
