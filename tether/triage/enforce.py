@@ -19,7 +19,7 @@ from tether.triage.bars import Bar, get_bar
 from tether.triage.data import TRIAGE_STEP
 from tether.triage.features import raw_features
 from tether.triage.hold import WAITING_FOR, queue_for_review, sampled_for_rollout
-from tether.triage.models import TriageModel, latest_model
+from tether.triage.models import TriageModel, latest_model, latest_model_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,15 @@ class Triage:
             return hit[1], hit[2]
         try:
             bar = get_bar(self.store, agent)
-            model = latest_model(self.store, agent) if bar is not None else None
+            model = None
+            if bar is not None:
+                # Re-read the model (its text is large) only when a newer one exists.
+                known = hit[2] if hit is not None else None
+                newest = latest_model_id(self.store, agent)
+                if known is not None and known.id == newest:
+                    model = known
+                elif newest is not None:
+                    model = latest_model(self.store, agent)
         except Exception:
             # The store hiccuped: keep enforcing what we knew rather than letting runs
             # through unchecked; with nothing known, the run fails and is retried.

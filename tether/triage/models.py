@@ -78,6 +78,15 @@ def _model(row: Any) -> TriageModel:
     )
 
 
+def latest_model_id(store: Store, agent: str) -> int | None:
+    """The id of the agent's newest model (cheap: no model text), or None."""
+    with store.engine.connect() as conn:
+        return conn.execute(
+            select(triage_models.c.id).where(triage_models.c.agent == agent)
+            .order_by(triage_models.c.id.desc()).limit(1)
+        ).scalar()
+
+
 def latest_model(store: Store, agent: str) -> TriageModel | None:
     """The agent's newest triage model, or None."""
     with store.engine.connect() as conn:
@@ -86,22 +95,3 @@ def latest_model(store: Store, agent: str) -> TriageModel | None:
             .order_by(triage_models.c.id.desc()).limit(1)
         ).first()
     return None if row is None else _model(row)
-
-
-class ModelCache:
-    """The newest model per agent for a worker, re-read at most every ``ttl`` seconds so a
-    newly trained model takes over without restarting workers."""
-
-    def __init__(self, store: Store, ttl: float = 30.0) -> None:
-        self.store = store
-        self.ttl = ttl
-        self._seen: dict[str, tuple[float, TriageModel | None]] = {}
-
-    def get(self, agent: str, now: float) -> TriageModel | None:
-        """The agent's model (from cache when fresh)."""
-        hit = self._seen.get(agent)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        model = latest_model(self.store, agent)
-        self._seen[agent] = (now, model)
-        return model
