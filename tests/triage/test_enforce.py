@@ -147,3 +147,24 @@ def test_a_raised_bar_sends_every_run_to_review_until_retrained(
     run, step = _triage_step(project, "quote/easy")
     assert step.output["decision"] == "held for review" and run.waiting_for == "review"
     assert _edges(project) == 0
+
+
+def test_concurrent_releases_fire_the_triggers_once(
+    project: Project, run_idle: RunIdle
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    project.submit("quote", "hard", HARD)
+    run_idle(project)
+    held, _ = _triage_step(project, "quote/hard")
+
+    def release(who: str) -> Any:
+        return release_held(project.store, project.graph, held.id, verdict="correct",
+                            reviewer=who)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(release, ["a", "b", "c", "d"]))
+    assert sum(not r.already for r in results) == 1
+    assert len({r.run_id for r in results}) == 1
+    assert _edges(project) == 1
+    assert verify(project.store.engine).ok
