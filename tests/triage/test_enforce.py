@@ -16,7 +16,7 @@ from tether.graph.provenance import why
 from tether.store.schema import triggers
 from tether.store.schema_review import review_queue
 from tether.store.verify import verify
-from tether.triage import set_bar
+from tether.triage import audit_entries, set_bar
 from tether.triage.hold import release_held
 from tether.triage.synthetic import seed_reviewed
 from tether.triage.train import train
@@ -97,6 +97,8 @@ def test_easy_runs_complete_hard_runs_are_held_until_reviewed(
                          reviewer="bo")
     assert again.already and again.run_id == release.run_id
     assert _edges(project) == 2  # exactly once
+    [audit] = [a for a in audit_entries(project.store) if a.action == "triage.release"]
+    assert audit.actor == "ana" and audit.detail["held_run"] == hard_run.id
 
     run_idle(project)
     assert seen_by_bind["hard"] == HARD

@@ -27,6 +27,7 @@ from tether.store.schema import runs, tasks
 from tether.store.schema_review import review_queue
 from tether.store.schema_triage import triage_releases
 from tether.store.store import RUN_FIELDS
+from tether.triage.bars import record_audit
 from tether.triage.errors import TriageError
 
 WAITING_FOR = "review"
@@ -173,6 +174,10 @@ def release_held(
             held_run_id=run_id, run_id=new_id, verdict=verdict, reviewer=reviewer,
             emitted=emitted, created_at=when,
         ))
+        record_audit(conn, actor=reviewer, action="triage.release",
+                     subject=f"agent:{held.agent}", at=when,
+                     detail={"held_run": run_id, "run": new_id, "verdict": verdict,
+                             "corrected": corrected is not None, "emitted": emitted})
         conn.execute(
             update(review_queue)
             .where(review_queue.c.run_id == run_id, review_queue.c.reviewed_at.is_(None))
