@@ -7,5 +7,6 @@ from tether.cli import (
     temporal,  # registers `temporal dev` on `app`
 )
 from tether.cli.app import app, main
+from tether.triage import cli as triage  # registers `bar` and `triage` on `app`
 
-__all__ = ["app", "capture", "main", "operate", "provenance", "temporal"]
+__all__ = ["app", "capture", "main", "operate", "provenance", "temporal", "triage"]

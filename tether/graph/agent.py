@@ -50,6 +50,10 @@ class Agent:
     decision: str | Callable[[Any], Any] | None = None
     """What evaluation scores: a field of the output, or a function of it (default: the
     output's ``decision`` field)."""
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None
+    """What the production bar's triage model learns from besides the harness's own
+    features: a function ``(ctx, output) -> {name: number or str}``, or output/input field
+    names (see docs/production-bar.md)."""
 
     @property
     def is_async(self) -> bool:
@@ -140,6 +144,7 @@ def agent(
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
     decision: str | Callable[[Any], Any] | None = None,
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Agent]: ...
 
 
@@ -157,6 +162,7 @@ def agent(
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
     decision: str | Callable[[Any], Any] | None = None,
+    features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
 ) -> Agent | Callable[[Callable[..., Any]], Agent]:
     """Make a function an agent. Use bare (``@tether.agent``) or with options.
 
@@ -176,6 +182,8 @@ def agent(
         team: the team that owns the agent.
         decision: for evaluation, the output field holding the decision, or a function
             of the output returning it (default: the ``decision`` field).
+        features: for the triage model, a function ``(ctx, output) -> dict`` of extra
+            features, or output/input field names to learn from.
     """
 
     def wrap(f: Callable[..., Any]) -> Agent:
@@ -203,6 +211,7 @@ def agent(
             team=team,
             description=inspect.getdoc(f) or "",
             decision=decision,
+            features=tuple(features) if isinstance(features, (list, tuple)) else features,
         )
 
     if fn is not None:

@@ -30,6 +30,11 @@ class StepRecorder:
         self.completed: dict[str, Any] = {}
         """Keys completed in this run, with their outputs."""
 
+    @property
+    def count(self) -> int:
+        """How many steps this run has started so far."""
+        return self._seq
+
     def next_seq(self) -> int:
         with self._lock:
             self._seq += 1

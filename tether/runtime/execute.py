@@ -17,6 +17,7 @@ from tether.retry import Failure, classify
 from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
+from tether.triage.enforce import Triage
 
 EVAL_KEY_PREFIX = "eval:"
 """Task keys of evaluation experiments (``eval:<experiment id>:<case key>``): their runs
@@ -52,6 +53,8 @@ class Executor:
         self.graph = graph
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        # The production bar's post-processing step (holds low-scoring runs for review).
+        self.triage = Triage(store)
 
     def recorder(self, claim: Claim) -> StepRecorder:
         """A fresh step recorder for a claimed run."""
@@ -73,6 +76,7 @@ class Executor:
                 None,
             )
         ctx = Context(claim, store=self.store, recorder=recorder)
+        started = time.time()
         try:
             # World capture: HTTP exchanges made while the agent runs belong to this run.
             with capture.recording(self.store, claim.run_id, claim.task_id):
@@ -83,6 +87,9 @@ class Executor:
             if isinstance(result, Waiting):
                 waiting_for, result = result.reason or "waiting", result.output
             output = to_json(result)
+            if waiting_for is None:
+                waiting_for = self.triage.check(agent, ctx, output, steps=recorder.count,
+                                                started=started)
             # A task still waiting has not reached its outcome: nothing downstream yet.
             edges = (
                 ()
