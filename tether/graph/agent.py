@@ -14,6 +14,9 @@ Emits = str | Sequence[str] | Callable[[Any], "str | Iterable[str] | None"] | No
 """What an agent emits on success: one trigger name, several, or a function of the output
 returning the names to emit (none, one or several)."""
 
+ExampleFields = Sequence[str] | Callable[[Any], str] | None
+"""What represents a case for similarity search (see :mod:`tether.review.examples`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -47,6 +50,15 @@ class Agent:
     team: str | None = None
     """The team that owns the agent, shown in the graph."""
     description: str = ""
+    review_rate: float = 0.0
+    """Share of successful runs sampled for rollout review (0 to 1; see tether.review)."""
+    example_fields: ExampleFields = None
+    """What represents a case for similarity: dotted paths into the input, or a function
+    of the input returning text (default: the whole input)."""
+    example_threshold: float = 0.85
+    """Minimum cosine similarity for ``ctx.examples`` to return an example."""
+    embedder: Any = None
+    """The embedder name (``hashing``, ``minilm``) or object; default ``hashing``."""
 
     @property
     def is_async(self) -> bool:
@@ -136,6 +148,10 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    review_rate: float = 0.0,
+    example_fields: ExampleFields = None,
+    example_threshold: float = 0.85,
+    embedder: Any = None,
 ) -> Callable[[Callable[..., Any]], Agent]: ...
 
 
@@ -152,6 +168,10 @@ def agent(
     retry: RetryPolicy | None = None,
     retry_on: Iterable[type[BaseException]] = (),
     team: str | None = None,
+    review_rate: float = 0.0,
+    example_fields: ExampleFields = None,
+    example_threshold: float = 0.85,
+    embedder: Any = None,
 ) -> Agent | Callable[[Callable[..., Any]], Agent]:
     """Make a function an agent. Use bare (``@tether.agent``) or with options.
 
@@ -169,6 +189,13 @@ def agent(
             its field of the same name.
         retry_on: extra exception types to treat as retryable.
         team: the team that owns the agent.
+        review_rate: share of successful runs queued for rollout review (0 to 1).
+        example_fields: what represents a case for ``ctx.examples``: dotted paths into the
+            task's input (``("claim.description", "claim.type")``; ``upstream.NAME.path``
+            reads a trigger's upstream output), or a function of the input returning text.
+        example_threshold: minimum cosine similarity of a returned example (0 to 1).
+        embedder: ``"hashing"`` (default, offline), ``"minilm"`` (extra ``embeddings``),
+            or an object with ``name``, ``dim`` and ``embed(texts)``.
     """
 
     def wrap(f: Callable[..., Any]) -> Agent:
@@ -184,6 +211,23 @@ def agent(
                 raise DiscoveryError(f"agent {agent_name!r}: retry_on takes exception types")
         if emits is not None and not (isinstance(emits, str) or callable(emits)):
             _names(emits, "emits", agent_name)  # validates a list of names
+        if not 0.0 <= review_rate <= 1.0:
+            raise DiscoveryError(
+                f"agent {agent_name!r}: review_rate must be between 0 and 1, got {review_rate!r}"
+            )
+        if not -1.0 <= example_threshold <= 1.0:
+            raise DiscoveryError(
+                f"agent {agent_name!r}: example_threshold is a cosine similarity between "
+                f"-1 and 1, got {example_threshold!r}"
+            )
+        fields = example_fields
+        if fields is not None and not callable(fields):
+            fields = (fields,) if isinstance(fields, str) else tuple(fields)
+            if not fields or not all(isinstance(x, str) and x for x in fields):
+                raise DiscoveryError(
+                    f"agent {agent_name!r}: example_fields takes dotted field paths "
+                    "(e.g. ('claim.description',)) or a function of the input"
+                )
         return Agent(
             fn=f,
             name=agent_name,
@@ -195,6 +239,10 @@ def agent(
             retry_on=exc_types,
             team=team,
             description=inspect.getdoc(f) or "",
+            review_rate=review_rate,
+            example_fields=fields,
+            example_threshold=example_threshold,
+            embedder=embedder,
         )
 
     if fn is not None:

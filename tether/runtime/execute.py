@@ -67,7 +67,7 @@ class Executor:
                 ),
                 None,
             )
-        ctx = Context(claim, store=self.store, recorder=recorder)
+        ctx = Context(claim, store=self.store, recorder=recorder, agent=agent)
         try:
             result = agent.fn(ctx)
             if asyncio.iscoroutine(result):
@@ -81,6 +81,10 @@ class Executor:
         except Exception as exc:
             return self._failed(claim, recorder, worker, classify(exc, retry_on=agent.retry_on),
                                 agent)
+        if agent.review_rate > 0:  # rollout review samples successful runs
+            from tether.review.flow import rollout
+
+            rollout(self.store, agent, claim)
         return Completion(
             run_id=claim.run_id,
             task_id=claim.task_id,
