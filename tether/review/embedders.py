@@ -30,15 +30,27 @@ class MissingExtra(TetherError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+_np: Any = None
+_import_lock = threading.Lock()
+
+
 def numpy() -> Any:
-    """NumPy, or an error naming the extra that installs it."""
-    try:
-        import numpy as np
-    except ImportError as exc:  # pragma: no cover - numpy comes with the examples extra
-        raise MissingExtra(
-            "the example store needs NumPy and scikit-learn: pip install 'tether[examples]'"
-        ) from exc
-    return np
+    """NumPy, or an error naming the extra that installs it.
+
+    Imported on first use (it costs a CLI start a third of a second), under a lock, so
+    runs that start together on worker threads never race for a half-imported module."""
+    global _np
+    if _np is None:
+        with _import_lock:
+            try:
+                import numpy as np
+            except ImportError as exc:  # pragma: no cover - comes with the examples extra
+                raise MissingExtra(
+                    "the example store needs NumPy and scikit-learn: "
+                    "pip install 'tether[examples]'"
+                ) from exc
+            _np = np
+    return _np
 
 
 @runtime_checkable

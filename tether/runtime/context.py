@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from tether.jsonable import to_json
+from tether.review import examples as _examples  # at import: runs start on many threads
 from tether.store import Run, StepWrite, Store, TaskInput
 from tether.store.writes import Claim
 
@@ -266,9 +267,7 @@ class Context:
         first; an empty list when none is. Each has ``input``, ``corrected_output``,
         ``reason`` and ``similarity``. What was returned is recorded with the run.
         """
-        from tether.review.examples import for_run
-
-        return for_run(self._store, self._agent or self.agent, self.run_id, self.input,
+        return _examples.for_run(self._store, self._agent or self.agent, self.run_id, self.input,
                        self.upstream, k)
 
     # -- recording -----------------------------------------------------------------

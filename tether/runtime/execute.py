@@ -13,6 +13,7 @@ from tether.graph.registry import Graph
 from tether.jsonable import to_json
 from tether.outcomes import Waiting
 from tether.retry import Failure, classify
+from tether.review.flow import rollout
 from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
@@ -82,8 +83,6 @@ class Executor:
             return self._failed(claim, recorder, worker, classify(exc, retry_on=agent.retry_on),
                                 agent)
         if agent.review_rate > 0:  # rollout review samples successful runs
-            from tether.review.flow import rollout
-
             rollout(self.store, agent, claim)
         return Completion(
             run_id=claim.run_id,

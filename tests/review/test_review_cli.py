@@ -1,0 +1,102 @@
+"""`tether review` and `tether examples` from the shell, as a reviewer uses them."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.process.helpers import env_for, tether
+
+AGENTS = textwrap.dedent(
+    """
+    import tether
+
+    @tether.agent(review_rate=1.0, example_fields=("claim.description",),
+                  example_threshold=0.5)
+    def claims(ctx):
+        shown = ctx.examples(k=3) if "description" in ctx.input["claim"] else []
+        if shown:
+            return shown[0].corrected_output
+        return {"decision": "approve"}
+    """
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "claims.py").write_text(AGENTS)
+    tether(tmp_path, "submit", "claims", "c1",
+           "--input", '{"claim": {"description": "burst pipe flooded the basement"}}')
+    tether(tmp_path, "submit", "claims", "c2", "--input", '{"claim": {"type": "home"}}')
+    tether(tmp_path, "worker", "--until-idle", "--quiet")
+    return tmp_path
+
+
+def _queue(project: Path, *args: str) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = json.loads(
+        tether(project, "review", "list", "--json", *args).stdout)
+    return out
+
+
+def test_review_from_the_command_line(project: Path) -> None:
+    listed = sorted(_queue(project), key=lambda i: str(i["task"]))
+    assert [(i["task"], i["source"]) for i in listed] == [
+        ("claims/c1", "rollout"), ("claims/c2", "rollout")]
+    run = str(listed[0]["run_id"])
+    assert "claims/c1" in tether(project, "review", "list").stdout
+
+    env = env_for(project, USER="ana")
+    out = json.loads(tether(
+        project, "review", "record", run, "--verdict", "incorrect",
+        "--reason", "gradual leaks are excluded",
+        "--corrected-output", '{"decision": "decline"}', "--json", env=env).stdout)
+    assert (out["verdict"], out["reviewer"], out["corrected_output"]) == (
+        "incorrect", "ana", {"decision": "decline"})
+    assert out["example_id"] is not None
+    assert [i["task"] for i in _queue(project)] == ["claims/c2"]
+    assert [i["task"] for i in _queue(project, "--agent", "other")] == []
+    assert len(_queue(project, "--all")) == 2
+
+    again = tether(project, "review", "record", run, "--verdict", "correct",
+                   "--reviewer", "ben").stdout
+    assert "run " + run + " correct (by ben)" in again
+    shown = json.loads(tether(project, "review", "show", run, "--json").stdout)
+    assert [(r["verdict"], r["reviewer"]) for r in shown["reviews"]] == [
+        ("incorrect", "ana"), ("correct", "ben")]
+    human = tether(project, "review", "show", run).stdout
+    assert "incorrect by ana" in human and "gradual leaks are excluded" in human
+
+    # The next similar case is shown the example; coverage counts it.
+    tether(project, "submit", "claims", "c3",
+           "--input", '{"claim": {"description": "a burst pipe flooded our basement"}}')
+    tether(project, "worker", "--until-idle", "--quiet")
+    c3 = json.loads(tether(project, "show", "claims/c3", "--json").stdout)
+    assert c3["runs"][-1]["output"] == {"decision": "decline"}
+    cov = json.loads(tether(project, "examples", "coverage", "claims", "--json").stdout)
+    assert (cov["runs"], cov["covered"], cov["examples"]) == (3, 1, 1)
+    assert "1 of 3 runs" in tether(project, "examples", "coverage", "claims").stdout
+    assert json.loads(tether(project, "verify", "--json").stdout)["ok"] is True
+
+
+BAD = [
+    (["999", "--verdict", "correct"], "no run 999"),
+    (["1", "--verdict", "maybe"], "verdict 'maybe' is not one of correct, incorrect"),
+    (["1", "--verdict", "incorrect"], "incorrect verdict needs a reason"),
+    (["1", "--verdict", "partial", "--reason", "x", "--corrected-output", "{bad"],
+     "--corrected-output is not valid JSON"),
+    (["2", "--verdict", "incorrect", "--reason", "wrong"],
+     "example field 'claim.description' is missing"),
+]
+
+
+def test_bad_reviews_are_one_line_errors_and_write_nothing(project: Path) -> None:
+    for args, message in BAD:
+        proc = tether(project, "review", "record", *args, check=False)
+        assert proc.returncode == 1, args
+        assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    for run in ("1", "2"):
+        assert json.loads(tether(project, "review", "show", run, "--json").stdout)["reviews"] == []
