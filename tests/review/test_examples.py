@@ -170,3 +170,11 @@ def test_the_hashing_embedder_works_with_the_network_off(
     assert np.array_equal(va, vb)  # stable: nothing fitted, nothing downloaded
     assert np.allclose(np.linalg.norm(va, axis=1), 1.0, atol=1e-5)
     assert va[0] @ va[1] > 0.6 > 0.2 > abs(float(va[0] @ va[2]))
+
+
+def test_the_hashing_embedder_matches_scikit_learns_transform() -> None:
+    e = HashingEmbedder()
+    texts = ["Burst pipe, kitchen flooded!", "Stolen bicycle — garage", "x", ""]
+    fast = e.embed(texts)
+    assert np.allclose(fast, e.reference(texts), atol=1e-6)
+    assert not fast[3].any()  # empty text: the zero vector, similar to nothing

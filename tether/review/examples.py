@@ -7,7 +7,7 @@ the current case is at least the agent's ``example_threshold``, and nothing othe
 marginal neighbour does harm. What each run was shown is recorded in ``run_examples``.
 
 Search is brute force over an in-process NumPy matrix per (store, agent, embedder), grown
-in place as the ``examples`` table grows (one cheap ``count/max(id)`` query per search says
+in place as the ``examples`` table grows (one indexed ``max(id)`` lookup per search says
 whether it did), so the top 5 of 100,000 examples costs one matrix-vector product.
 """
 
@@ -259,26 +259,21 @@ def index_for(store: Store, agent: str, embedder: Embedder) -> _Index:
             index = per_store[(agent, embedder.name)] = _Index(embedder.dim)
     where = (examples.c.agent == agent, examples.c.embedder == embedder.name)
     with index.lock, store.engine.connect() as conn:
-        count, top = conn.execute(
-            select(func.count(examples.c.id), func.max(examples.c.id)).where(*where)
-        ).one()
-        if count == index.n and (top or 0) == index.max_id:
+        # Examples are only ever added (ids grow), so the newest id says whether the
+        # matrix is current: one lookup on the (agent, embedder, id) index, not a count.
+        top = conn.execute(select(func.max(examples.c.id)).where(*where)).scalar()
+        if (top or 0) == index.max_id:
             return index  # the common case: nothing new since the last search
+        if (top or 0) < index.max_id:  # the table was emptied or restored: start again
+            fresh = _Index(embedder.dim)
+            index.matrix, index.ids, index.n, index.max_id = (
+                fresh.matrix, fresh.ids, fresh.n, fresh.max_id
+            )
         rows = conn.execute(
             select(examples.c.id, examples.c.vector, examples.c.dim)
             .where(*where, examples.c.id > index.max_id)
             .order_by(examples.c.id)
         ).all()
-        if index.n + len(rows) != count:  # rows were removed: start again
-            fresh = _Index(embedder.dim)
-            rows = conn.execute(
-                select(examples.c.id, examples.c.vector, examples.c.dim)
-                .where(*where)
-                .order_by(examples.c.id)
-            ).all()
-            index.matrix, index.ids, index.n, index.max_id = (
-                fresh.matrix, fresh.ids, fresh.n, fresh.max_id
-            )
         for r in rows:
             if r.dim != embedder.dim:
                 raise ReviewError(
