@@ -12,6 +12,8 @@ Rows of the table:
   ``run_examples`` (one write transaction).
 - ``baseline: brute force, full sort`` — NumPy over the same in-memory matrix, sorting
   every similarity (``argsort``) instead of selecting the top 5.
+- ``floor: matrix @ query alone`` — the matrix-vector product by itself: what any brute
+  force search pays (it reads the whole matrix: memory bandwidth bounds it).
 - ``baseline: brute force, no cache`` — read every vector from the store and search it, per
   query: what a search without the in-process matrix pays.
 - ``tether add example`` — insert one example with a precomputed vector (excluding model
@@ -133,6 +135,11 @@ def main() -> None:
         return np.argsort(-(matrix @ q))[:5]
 
     rows.append(("baseline: brute force, full sort", _time(full_sort, args.queries)))
+
+    def product() -> object:
+        return matrix @ qvecs[next(j) % len(qvecs)]
+
+    rows.append(("floor: matrix @ query alone", _time(product, args.queries)))
 
     def no_cache() -> object:
         with store.engine.connect() as conn:

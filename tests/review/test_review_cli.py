@@ -81,6 +81,20 @@ def test_review_from_the_command_line(project: Path) -> None:
     assert "1 of 3 runs" in tether(project, "examples", "coverage", "claims").stdout
     assert json.loads(tether(project, "verify", "--json").stdout)["ok"] is True
 
+    dataset = project / "cases.jsonl"
+    dataset.write_text("\n".join(json.dumps(c) for c in [
+        {"input": {"claim": {"description": "burst pipe flooded a basement"}},
+         "label": {"decision": "decline"}},
+        {"input": {"claim": {"description": "stolen bicycle"}}, "label": "approve"},
+    ]))
+    cal = json.loads(tether(project, "examples", "calibrate", "claims", "--dataset",
+                            str(dataset), "--thresholds", "0.5,0.99", "--json").stdout)
+    assert [(p["threshold"], p["covered"], p["accuracy_with"], p["accuracy_without"])
+            for p in cal["points"]] == [(0.5, 1, 1.0, 0.5), (0.99, 0, 0.5, 0.5)]
+    assert cal["recommended_threshold"] == 0.5
+    assert "recommended example_threshold=0.50" in tether(
+        project, "examples", "calibrate", "claims", "--dataset", str(dataset)).stdout
+
 
 BAD = [
     (["999", "--verdict", "correct"], "no run 999"),

@@ -181,3 +181,63 @@ def coverage_(
         f"{escape(agent)}: {c.covered} of {c.runs} runs got at least one example "
         f"({c.share:.1%}); {c.examples} examples in the store"
     )
+
+
+@examples_app.command()
+def calibrate(
+    agent: Annotated[str, typer.Argument(help="The agent.")],
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help='JSON lines of {"input": ..., "label": ...}.')
+    ],
+    k: Annotated[int, typer.Option("--k", help="Examples asked for per case.")] = 3,
+    thresholds: Annotated[
+        str | None,
+        typer.Option("--thresholds", help="Comma-separated (default 0.50,0.55,…,0.95)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Coverage and accuracy with vs without examples per threshold; recommends one."""
+    from rich.progress import Progress
+
+    from tether.review.calibrate import DEFAULT_THRESHOLDS, read_dataset
+    from tether.review.calibrate import calibrate as run_calibration
+
+    levels: tuple[float, ...] = DEFAULT_THRESHOLDS
+    if thresholds:
+        try:
+            levels = tuple(float(x) for x in thresholds.split(",") if x.strip())
+        except ValueError as exc:
+            raise ConfigError(
+                f"--thresholds {thresholds!r}: give numbers separated by commas, e.g. 0.6,0.8"
+            ) from exc
+    cases = read_dataset(dataset)
+    with _project() as project:
+        agent_obj = project.graph[agent]
+        with Progress(console=render.err_console, transient=True) as progress:
+            bar = progress.add_task("calibrating", total=len(cases))
+            result = run_calibration(
+                project.store, agent_obj, cases, thresholds=levels, k=k,
+                progress=lambda n: progress.update(bar, advance=n),
+            )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    table = Table("threshold", "coverage", "accuracy with", "without", "gain",
+                  "covered: with", "covered: without",
+                  title=f"{escape(agent)}: {result.cases} cases, k={result.k}")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    for p in result.points:
+        table.add_row(f"{p.threshold:.2f}", f"{p.coverage:.1%} ({p.covered})",
+                      pct(p.accuracy_with), pct(p.accuracy_without), f"{p.gain:+.1%}",
+                      pct(p.covered_accuracy_with), pct(p.covered_accuracy_without))
+    console.print(table)
+    if result.recommended is None:
+        console.print("recommended: inject no examples")
+    else:
+        console.print(f"recommended example_threshold={result.recommended:.2f} "
+                      f"(now {result.current:.2f})")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
