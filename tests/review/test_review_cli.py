@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.process.helpers import env_for, tether
 
-AGENTS = textwrap.dedent(
-    """
-    import tether
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "claims_review.py"
 
-    @tether.agent(review_rate=1.0, example_fields=("claim.description",),
-                  example_threshold=0.5)
-    def claims(ctx):
-        shown = ctx.examples(k=3) if "description" in ctx.input["claim"] else []
-        if shown:
-            return shown[0].corrected_output
-        return {"decision": "approve"}
-    """
-)
+
+def test_the_guide_shows_the_example_file_verbatim() -> None:
+    assert EXAMPLE.read_text() in (ROOT / "docs" / "review.md").read_text()
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "agents").mkdir()
-    (tmp_path / "agents" / "claims.py").write_text(AGENTS)
+    (tmp_path / "agents" / "claims.py").write_text(EXAMPLE.read_text())
     tether(tmp_path, "submit", "claims", "c1",
            "--input", '{"claim": {"description": "burst pipe flooded the basement"}}')
     tether(tmp_path, "submit", "claims", "c2", "--input", '{"claim": {"type": "home"}}')
