@@ -12,7 +12,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -91,10 +90,12 @@ examples = Table(
 run_examples = Table(
     "run_examples",
     metadata,
+    # Every table has an `id` (tether db copy pages through tables by it).
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
     Column("example_id", Id, ForeignKey("examples.id"), nullable=False),
     Column("similarity", Time, nullable=False),
     Column("rank", Integer, nullable=False),
-    PrimaryKeyConstraint("run_id", "example_id"),
+    UniqueConstraint("run_id", "example_id"),
     Index(None, "example_id"),
 )

@@ -87,6 +87,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "run_examples",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column(
             "example_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
@@ -97,7 +98,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["example_id"], ["examples.id"], name="fk_run_examples_example_id_examples"
         ),
-        sa.PrimaryKeyConstraint("run_id", "example_id", name="pk_run_examples"),
+        sa.PrimaryKeyConstraint("id", name="pk_run_examples"),
+        sa.UniqueConstraint("run_id", "example_id", name="uq_run_examples_run_id_example_id"),
     )
     op.create_index("ix_run_examples_example_id", "run_examples", ["example_id"])
 
