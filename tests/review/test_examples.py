@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import tether
 from tether import Context, Project, WorkerStats
 from tether.review import HashingEmbedder, ReviewError, add_example, record_review, shown_to
 from tether.review.examples import coverage
+from tether.store.schema import runs
 from tether.store.schema_review import run_examples
 
 MakeProject = Callable[..., Project]
@@ -111,6 +112,11 @@ def test_coverage_counts_runs_that_got_at_least_one_example(
     c = coverage(store, "decide")
     assert (c.runs, c.covered, c.examples) == (8, 3, 1)
     assert c.share == pytest.approx(3 / 8)
+    # Evaluation runs replay cases: they do not count toward production coverage.
+    near0 = store.runs_of(store.get_task("decide/near0").id)[-1].id
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == near0).values(reason="eval"))
+    assert (coverage(store, "decide").runs, coverage(store, "decide").covered) == (7, 2)
     assert coverage(store, "nobody").to_dict() == {
         "agent": "nobody", "runs": 0, "covered": 0, "share": 0.0, "examples": 0}
 

@@ -392,11 +392,16 @@ class Coverage:
 
 
 def coverage(store: Store, agent: str, *, since: float | None = None) -> Coverage:
-    """The share of the agent's finished runs (succeeded or failed, every attempt) that
-    were shown at least one example; ``since`` counts runs created from then on."""
+    """The share of the agent's finished runs (succeeded or failed, every attempt; not
+    evaluation runs) that were shown at least one example; ``since`` counts runs created
+    from then on."""
     from tether.store.schema import runs, tasks
 
-    where = [tasks.c.agent == agent, runs.c.status.in_(("succeeded", "failed"))]
+    where = [
+        tasks.c.agent == agent,
+        runs.c.status.in_(("succeeded", "failed")),
+        runs.c.reason != "eval",  # experiments replay cases: production coverage only
+    ]
     if since is not None:
         where.append(runs.c.created_at >= since)
     base = select(runs.c.id).join(tasks, tasks.c.id == runs.c.task_id).where(*where)

@@ -105,8 +105,9 @@ def sampled(run_id: int, rate: float) -> bool:
 
 def rollout(store: Store, agent: Agent, claim: Claim) -> None:
     """Called by the executor when a run succeeded: queue it if the agent's ``review_rate``
-    samples it. Never fails the run (a queueing error is logged)."""
-    if not sampled(claim.run_id, agent.review_rate):
+    samples it. Evaluation runs are never sampled. Never fails the run (a queueing error
+    is logged)."""
+    if claim.reason == "eval" or not sampled(claim.run_id, agent.review_rate):
         return
     try:
         enqueue(store, claim.run_id, source="rollout")
