@@ -267,8 +267,9 @@ class Context:
         first; an empty list when none is. Each has ``input``, ``corrected_output``,
         ``reason`` and ``similarity``. What was returned is recorded with the run.
         """
-        return _examples.for_run(self._store, self._agent or self.agent, self.run_id, self.input,
-                       self.upstream, k)
+        return _examples.for_run(
+            self._store, self._agent or self.agent, self.run_id, self.input, self.upstream, k
+        )
 
     # -- recording -----------------------------------------------------------------
 
