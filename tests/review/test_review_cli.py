@@ -34,6 +34,7 @@ def _queue(project: Path, *args: str) -> list[dict[str, object]]:
     return out
 
 
+@pytest.mark.timeout(400)  # about 20 `tether` processes: slow on a loaded 2-vCPU machine
 def test_review_from_the_command_line(project: Path) -> None:
     listed = sorted(_queue(project), key=lambda i: str(i["task"]))
     assert [(i["task"], i["source"]) for i in listed] == [
@@ -99,6 +100,7 @@ BAD = [
 ]
 
 
+@pytest.mark.timeout(300)
 def test_bad_reviews_are_one_line_errors_and_write_nothing(project: Path) -> None:
     for args, message in BAD:
         proc = tether(project, "review", "record", *args, check=False)

@@ -250,15 +250,21 @@ _indexes: weakref.WeakKeyDictionary[Store, dict[tuple[str, str], _Index]] = (
 _indexes_lock = threading.Lock()
 
 
-def index_for(store: Store, agent: str, embedder: Embedder) -> _Index:
-    """The agent's search matrix in this process, brought up to date with the store."""
+def index_for(
+    store: Store, agent: str, embedder: Embedder, conn: Connection | None = None
+) -> _Index:
+    """The agent's search matrix in this process, brought up to date with the store
+    (on ``conn`` if given, so a search uses one connection for everything it reads)."""
+    if conn is None:
+        with store.engine.connect() as own:
+            return index_for(store, agent, embedder, own)
     with _indexes_lock:
         per_store = _indexes.setdefault(store, {})
         index = per_store.get((agent, embedder.name))
         if index is None or index.dim != embedder.dim:
             index = per_store[(agent, embedder.name)] = _Index(embedder.dim)
     where = (examples.c.agent == agent, examples.c.embedder == embedder.name)
-    with index.lock, store.engine.connect() as conn:
+    with index.lock:
         # Examples are only ever added (ids grow), so the newest id says whether the
         # matrix is current: one lookup on the (agent, embedder, id) index, not a count.
         top = conn.execute(select(func.max(examples.c.id)).where(*where)).scalar()
@@ -296,29 +302,34 @@ def nearest(
         return []
     bar = spec.threshold if threshold is None else threshold
     query = embed_one(spec.embedder, text)
-    found = [
-        (i, s)
-        for i, s in index_for(store, spec.agent, spec.embedder).top(query, k)
-        if s >= bar - _TOLERANCE
-    ]
-    return load(store, found)
+    with store.engine.connect() as conn:
+        found = [
+            (i, s)
+            for i, s in index_for(store, spec.agent, spec.embedder, conn).top(query, k)
+            if s >= bar - _TOLERANCE
+        ]
+        return load(store, found, conn)
 
 
-def load(store: Store, found: Sequence[tuple[int, float]]) -> list[Example]:
+def load(
+    store: Store, found: Sequence[tuple[int, float]], conn: Connection | None = None
+) -> list[Example]:
     """Examples by id, in the given order, each with its similarity."""
     if not found:
         return []
-    with store.engine.connect() as conn:
-        rows = {
-            r.id: r
-            for r in conn.execute(
-                select(
-                    examples.c.id, examples.c.agent, examples.c.case_text, examples.c.input,
-                    examples.c.corrected_output, examples.c.reason, examples.c.run_id,
-                    examples.c.review_id, examples.c.created_at,
-                ).where(examples.c.id.in_([i for i, _ in found]))
-            )
-        }
+    if conn is None:
+        with store.engine.connect() as own:
+            return load(store, found, own)
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            select(
+                examples.c.id, examples.c.agent, examples.c.case_text, examples.c.input,
+                examples.c.corrected_output, examples.c.reason, examples.c.run_id,
+                examples.c.review_id, examples.c.created_at,
+            ).where(examples.c.id.in_([i for i, _ in found]))
+        )
+    }
     return [
         Example(
             id=r.id, agent=r.agent, case=r.case_text, input=r.input,
