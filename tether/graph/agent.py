@@ -14,6 +14,9 @@ Emits = str | Sequence[str] | Callable[[Any], "str | Iterable[str] | None"] | No
 """What an agent emits on success: one trigger name, several, or a function of the output
 returning the names to emit (none, one or several)."""
 
+ExampleFields = Sequence[str] | Callable[[Any], str] | None
+"""What represents a case for similarity search (see :mod:`tether.review.examples`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -54,6 +57,15 @@ class Agent:
     """What the production bar's triage model learns from besides the harness's own
     features: a function ``(ctx, output) -> {name: number or str}``, or output/input field
     names (see docs/production-bar.md)."""
+    review_rate: float = 0.0
+    """Share of successful runs sampled for rollout review (0 to 1; see tether.review)."""
+    example_fields: ExampleFields = None
+    """What represents a case for similarity: dotted paths into the input, or a function
+    of the input returning text (default: the whole input)."""
+    example_threshold: float = 0.85
+    """Minimum cosine similarity for ``ctx.examples`` to return an example."""
+    embedder: Any = None
+    """The embedder name (``hashing``, ``minilm``) or object; default ``hashing``."""
 
     @property
     def is_async(self) -> bool:
@@ -145,6 +157,10 @@ def agent(
     team: str | None = None,
     decision: str | Callable[[Any], Any] | None = None,
     features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
+    review_rate: float = 0.0,
+    example_fields: ExampleFields = None,
+    example_threshold: float = 0.85,
+    embedder: Any = None,
 ) -> Callable[[Callable[..., Any]], Agent]: ...
 
 
@@ -163,6 +179,10 @@ def agent(
     team: str | None = None,
     decision: str | Callable[[Any], Any] | None = None,
     features: Callable[[Any, Any], Any] | Sequence[str] | None = None,
+    review_rate: float = 0.0,
+    example_fields: ExampleFields = None,
+    example_threshold: float = 0.85,
+    embedder: Any = None,
 ) -> Agent | Callable[[Callable[..., Any]], Agent]:
     """Make a function an agent. Use bare (``@tether.agent``) or with options.
 
@@ -184,6 +204,13 @@ def agent(
             of the output returning it (default: the ``decision`` field).
         features: for the triage model, a function ``(ctx, output) -> dict`` of extra
             features, or output/input field names to learn from.
+        review_rate: share of successful runs queued for rollout review (0 to 1).
+        example_fields: what represents a case for ``ctx.examples``: dotted paths into the
+            task's input (``("claim.description", "claim.type")``; ``upstream.NAME.path``
+            reads a trigger's upstream output), or a function of the input returning text.
+        example_threshold: minimum cosine similarity of a returned example (0 to 1).
+        embedder: ``"hashing"`` (default, offline), ``"minilm"`` (extra ``embeddings``),
+            or an object with ``name``, ``dim`` and ``embed(texts)``.
     """
 
     def wrap(f: Callable[..., Any]) -> Agent:
@@ -199,6 +226,23 @@ def agent(
                 raise DiscoveryError(f"agent {agent_name!r}: retry_on takes exception types")
         if emits is not None and not (isinstance(emits, str) or callable(emits)):
             _names(emits, "emits", agent_name)  # validates a list of names
+        if not 0.0 <= review_rate <= 1.0:
+            raise DiscoveryError(
+                f"agent {agent_name!r}: review_rate must be between 0 and 1, got {review_rate!r}"
+            )
+        if not -1.0 <= example_threshold <= 1.0:
+            raise DiscoveryError(
+                f"agent {agent_name!r}: example_threshold is a cosine similarity between "
+                f"-1 and 1, got {example_threshold!r}"
+            )
+        fields = example_fields
+        if fields is not None and not callable(fields):
+            fields = (fields,) if isinstance(fields, str) else tuple(fields)
+            if not fields or not all(isinstance(x, str) and x for x in fields):
+                raise DiscoveryError(
+                    f"agent {agent_name!r}: example_fields takes dotted field paths "
+                    "(e.g. ('claim.description',)) or a function of the input"
+                )
         return Agent(
             fn=f,
             name=agent_name,
@@ -212,6 +256,10 @@ def agent(
             description=inspect.getdoc(f) or "",
             decision=decision,
             features=tuple(features) if isinstance(features, (list, tuple)) else features,
+            review_rate=review_rate,
+            example_fields=fields,
+            example_threshold=example_threshold,
+            embedder=embedder,
         )
 
     if fn is not None:

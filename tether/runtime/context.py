@@ -11,6 +11,7 @@ from typing import Any
 
 from tether.capture.recorder import enter_step, exit_step
 from tether.jsonable import to_json
+from tether.review import examples as _examples  # at import: runs start on many threads
 from tether.store import Run, StepWrite, Store, TaskInput
 from tether.store.writes import Claim
 
@@ -191,10 +192,13 @@ class Context:
     use, so an agent pays only for what it reads.
     """
 
-    def __init__(self, claim: Claim, *, store: Store, recorder: StepRecorder) -> None:
+    def __init__(
+        self, claim: Claim, *, store: Store, recorder: StepRecorder, agent: Any = None
+    ) -> None:
         self._claim = claim
         self._store = store
         self._recorder = recorder
+        self._agent = agent  # the Agent object: its example settings (tether.review)
 
     # -- identity ------------------------------------------------------------------
 
@@ -264,6 +268,16 @@ class Context:
         """Earlier runs of this task, oldest first, with their steps and outcomes: what
         already happened in the world, for the agent to reconcile before acting again."""
         return self._store.runs_of(self._claim.task_id, before_run=self._claim.run_id)
+
+    def examples(self, k: int = 3) -> list[Any]:
+        """At most ``k`` reviewed failures of this agent similar enough to this case to
+        help (cosine similarity at least the agent's ``example_threshold``), nearest
+        first; an empty list when none is. Each has ``input``, ``corrected_output``,
+        ``reason`` and ``similarity``. What was returned is recorded with the run.
+        """
+        return _examples.for_run(
+            self._store, self._agent or self.agent, self.run_id, self.input, self.upstream, k
+        )
 
     # -- recording -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from tether.graph.registry import Graph
 from tether.jsonable import to_json
 from tether.outcomes import Waiting
 from tether.retry import Failure, classify
+from tether.review.flow import rollout
 from tether.runtime.context import Context, StepRecorder
 from tether.store import Completion, Edge, FailureClass, Store
 from tether.store.writes import Claim
@@ -75,7 +76,7 @@ class Executor:
                 ),
                 None,
             )
-        ctx = Context(claim, store=self.store, recorder=recorder)
+        ctx = Context(claim, store=self.store, recorder=recorder, agent=agent)
         started = time.time()
         try:
             # World capture: HTTP exchanges made while the agent runs belong to this run.
@@ -99,6 +100,8 @@ class Executor:
         except Exception as exc:
             return self._failed(claim, recorder, worker, classify(exc, retry_on=agent.retry_on),
                                 agent)
+        if agent.review_rate > 0:  # rollout review samples successful runs
+            rollout(self.store, agent, claim)
         return Completion(
             run_id=claim.run_id,
             task_id=claim.task_id,

@@ -54,6 +54,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "worker",
     ),
     "action": ("id", "task_id", "action", "actor", "note", "run_id", "created_at"),
+    # A human review (tether/review): immutable once recorded, like an operator's action.
+    "review": (
+        "id", "run_id", "task_id", "agent", "verdict", "reason", "corrected_output",
+        "reviewer", "created_at",
+    ),
 }
 
 

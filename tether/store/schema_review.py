@@ -6,7 +6,17 @@ so the declared schema (and the migration test) always sees every table.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 from tether.store.schema import Id, Json, Time, metadata
 
@@ -49,4 +59,43 @@ reviews = Table(
     Column("created_at", Time, nullable=False),
     Index(None, "run_id"),
     Index(None, "agent", "created_at"),
+)
+
+# The dynamic example store: every confirmed failure (incorrect or partial) becomes an
+# example the agent can be shown for similar cases. The vector is the embedder's L2-normalised
+# float32 array as bytes (``dim`` values), so retrieval loads it straight into NumPy.
+examples = Table(
+    "examples",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("agent", String(200), nullable=False),
+    # The reviewed run the example came from (None for examples added by hand).
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=True),
+    Column("review_id", Id, ForeignKey("reviews.id"), nullable=True),
+    # The text that represents the case for similarity (the agent's declared fields).
+    Column("case_text", Text, nullable=False),
+    Column("input", Json, nullable=True),
+    Column("corrected_output", Json, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("vector", LargeBinary, nullable=False),
+    Column("dim", Integer, nullable=False),
+    # Which embedder made the vector: only vectors of the agent's current embedder are searched.
+    Column("embedder", String(100), nullable=False),
+    Column("created_at", Time, nullable=False),
+    Index(None, "agent", "embedder", "id"),
+)
+
+# What each run was shown: the examples ctx.examples returned, with their similarity and
+# rank, so the effect of injection can be evaluated and coverage counted.
+run_examples = Table(
+    "run_examples",
+    metadata,
+    # Every table has an `id` (tether db copy pages through tables by it).
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Column("example_id", Id, ForeignKey("examples.id"), nullable=False),
+    Column("similarity", Time, nullable=False),
+    Column("rank", Integer, nullable=False),
+    UniqueConstraint("run_id", "example_id"),
+    Index(None, "example_id"),
 )

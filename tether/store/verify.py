@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, select
 
 from tether.store.ledger import FIELDS, GENESIS, chain, digest, ref_of
 from tether.store.schema import ledger, operator_actions, runs, steps, task_inputs, tasks
+from tether.store.schema_review import reviews
 
 _BATCH = 500
 
@@ -63,6 +64,7 @@ def _records(conn: Connection, task_ids: list[int]) -> dict[int, dict[str, dict[
         .join(runs, runs.c.id == steps.c.run_id)
         .where(runs.c.task_id.in_(task_ids), steps.c.status != "running"),
         "action": select(operator_actions).where(operator_actions.c.task_id.in_(task_ids)),
+        "review": select(reviews).where(reviews.c.task_id.in_(task_ids)),
     }
     for kind, q in queries.items():
         for row in conn.execute(q):

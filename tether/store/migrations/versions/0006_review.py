@@ -7,6 +7,8 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -58,8 +60,58 @@ def upgrade() -> None:
     )
     op.create_index("ix_reviews_run_id", "reviews", ["run_id"])
     op.create_index("ix_reviews_agent_created_at", "reviews", ["agent", "created_at"])
+    op.create_table(
+        "examples",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("agent", sa.String(200), nullable=False),
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column(
+            "review_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("case_text", sa.Text(), nullable=False),
+        sa.Column("input", _json(), nullable=True),
+        sa.Column("corrected_output", _json(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("vector", sa.LargeBinary(), nullable=False),
+        sa.Column("dim", sa.Integer(), nullable=False),
+        sa.Column("embedder", sa.String(100), nullable=False),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_examples_run_id_runs"),
+        sa.ForeignKeyConstraint(
+            ["review_id"], ["reviews.id"], name="fk_examples_review_id_reviews"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_examples"),
+    )
+    op.create_index(
+        "ix_examples_agent_embedder_id", "examples", ["agent", "embedder", "id"]
+    )
+    op.create_table(
+        "run_examples",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "example_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("similarity", sa.Double(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_run_examples_run_id_runs"),
+        sa.ForeignKeyConstraint(
+            ["example_id"], ["examples.id"], name="fk_run_examples_example_id_examples"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_run_examples"),
+        sa.UniqueConstraint("run_id", "example_id", name="uq_run_examples_run_id_example_id"),
+    )
+    op.create_index("ix_run_examples_example_id", "run_examples", ["example_id"])
+
+
+def _json() -> Any:
+    return sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("run_examples")
+    op.drop_table("examples")
     op.drop_table("reviews")
     op.drop_table("review_queue")
