@@ -9,7 +9,6 @@ from pathlib import Path
 
 from tests.process.helpers import env_for, tether
 from tether import Project
-from tether.triage.hold import release_held
 from tether.triage.synthetic import seed_reviewed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +45,13 @@ def test_walkthrough(tmp_path: Path) -> None:
     bound = json.loads(tether(tmp_path, "tasks", "--agent", "bind", "--json", env=env).stdout)
     assert [t["key"] for t in bound] == ["case-easy"]
 
-    with Project.load(tmp_path) as project:  # what `tether review` does on a verdict
-        release_held(project.store, project.graph, held["runs"][0]["id"],
-                     verdict="correct", reviewer="ana")
+    queued = json.loads(tether(tmp_path, "review", "list", "--json", env=env).stdout)
+    held_run = held["runs"][0]["id"]
+    assert [(q["run_id"], q["source"], q["held"]) for q in queued] == [
+        (held_run, "triage", True)
+    ]
+    tether(tmp_path, "review", "record", str(held_run), "--verdict", "correct",
+           "--reviewer", "ana", env=env)
     tether(tmp_path, "worker", "--until-idle", "--quiet", env=env)
     bound = json.loads(tether(tmp_path, "tasks", "--agent", "bind", "--json", env=env).stdout)
     assert sorted(t["key"] for t in bound) == ["case-easy", "case-hard"]

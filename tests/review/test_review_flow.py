@@ -16,7 +16,6 @@ from tether.review import (
     Review,
     ReviewError,
     enqueue,
-    flow,
     queue,
     queued,
     record_review,
@@ -189,29 +188,6 @@ def test_enqueue_is_idempotent_and_checks_its_input(project: Project) -> None:
         enqueue(store, run_id, source="boss")
     with pytest.raises(NotFound, match="no run 999"):
         enqueue(store, 999, source="manual")
-
-
-def test_a_held_run_calls_the_release_hook_after_commit(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = project.store
-    calls: list[tuple[int, int]] = []
-
-    def hook(s: Any, review: Review) -> None:
-        # After the commit: the review is already readable from another connection.
-        calls.append((review.id, len(reviews_of(s, review.run_id))))
-
-    monkeypatch.setattr(flow, "after_held_review", hook)
-    run_id = _run_id(project)
-    enqueue(store, run_id, source="triage", held=True)
-    review = record_review(store, run_id, verdict="correct", reviewer="ana")
-    assert calls == [(review.id, 1)]
-
-    p2 = project.submit("assess", "c9", CLAIM)
-    project.run_until_idle(poll_interval=0.01)
-    enqueue(store, p2.run_id, source="rollout")  # not held: no call
-    record_review(store, p2.run_id, verdict="correct", reviewer="ana")
-    assert len(calls) == 1
 
 
 def test_rollout_queues_the_sampled_successful_runs(project: Project, run_idle: RunIdle) -> None:

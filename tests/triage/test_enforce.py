@@ -13,6 +13,7 @@ import tether
 from tether import Context, Project, TaskStatus, WorkerStats
 from tether.errors import Conflict
 from tether.graph.provenance import why
+from tether.review import ReviewError, queue, record_review, reviews_of
 from tether.store.schema import triggers
 from tether.store.schema_review import review_queue
 from tether.store.verify import verify
@@ -169,4 +170,35 @@ def test_concurrent_releases_fire_the_triggers_once(
     assert sum(not r.already for r in results) == 1
     assert len({r.run_id for r in results}) == 1
     assert _edges(project) == 1
+    assert verify(project.store.engine).ok
+
+
+def test_a_review_releases_the_held_run_in_its_own_transaction(
+    project: Project, run_idle: RunIdle
+) -> None:
+    """`record_review` on a held run: without the graph it refuses and writes nothing; with
+    it, the review and the release commit together (a correction flows downstream), and a
+    second review of the same run releases nothing more."""
+    seen_by_bind.clear()
+    project.submit("quote", "hard", HARD)
+    run_idle(project)
+    held, _ = _triage_step(project, "quote/hard")
+    assert held.waiting_for == "review" and _edges(project) == 0
+
+    with pytest.raises(ReviewError, match="held for review by the production bar"):
+        record_review(project.store, held.id, verdict="correct", reviewer="ana")
+    assert reviews_of(project.store, held.id) == []
+
+    fixed = {**HARD, "amount": 250}
+    record_review(project.store, held.id, verdict="incorrect", reason="amount is capped",
+                  corrected_output=fixed, reviewer="ana", graph=project.graph)
+    assert _edges(project) == 1
+    run_idle(project)
+    assert seen_by_bind == {"hard": fixed}
+    [item] = [q for q in queue(project.store, include_reviewed=True) if q.run_id == held.id]
+    assert item.held and item.reviewed_at is not None
+
+    record_review(project.store, held.id, verdict="correct", reviewer="ben",
+                  graph=project.graph)
+    assert _edges(project) == 1 and len(reviews_of(project.store, held.id)) == 2
     assert verify(project.store.engine).ok

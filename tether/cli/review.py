@@ -133,7 +133,7 @@ def record(
             agent = None  # record_review says the run does not exist
         review = record_review(
             store, run, verdict=verdict, reviewer=_reviewer(reviewer), reason=reason,
-            corrected_output=corrected, agent=agent,
+            corrected_output=corrected, agent=agent, graph=project.graph,
         )
     if as_json:
         emit_json(review.to_dict())

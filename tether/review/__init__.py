@@ -10,7 +10,6 @@
 from tether.review.embedders import Embedder, HashingEmbedder, MiniLMEmbedder, MissingExtra
 from tether.review.examples import add_example, nearest, shown_to
 from tether.review.flow import (
-    after_held_review,
     enqueue,
     queue,
     queued,
@@ -32,7 +31,6 @@ __all__ = [
     "Review",
     "ReviewError",
     "add_example",
-    "after_held_review",
     "enqueue",
     "nearest",
     "queue",

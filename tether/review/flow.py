@@ -27,6 +27,7 @@ from tether.store.schema_review import review_queue, reviews
 
 if TYPE_CHECKING:
     from tether.graph.agent import Agent
+    from tether.graph.registry import Graph
     from tether.store.writes import Claim
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def record_review(
     reason: str | None = None,
     corrected_output: Any = None,
     agent: Agent | None = None,
+    graph: Graph | None = None,
     now: float | None = None,
 ) -> Review:
     """Record a person's verdict on a run's output.
@@ -144,6 +146,11 @@ def record_review(
     ``incorrect`` and ``partial`` verdicts need a reason and become an example: the run's
     input, the corrected output and the reason. ``agent`` (the run's agent object) says
     which input fields represent the case; without it the whole input does.
+
+    A run the production bar held for review (``review_queue.held``) is released in the
+    same transaction (:func:`tether.triage.hold.release_held`): ``correct`` lets its
+    triggers fire with its output, a corrected output fires them with the correction, and
+    ``incorrect`` without one ends the task failed. Releasing needs the project's ``graph``.
 
     Raises:
         NotFound: no such run.
@@ -175,6 +182,15 @@ def record_review(
         if run.status not in ("succeeded", "failed"):
             raise Conflict(f"run {run_id} is {run.status}; only a finished run can be reviewed")
         case_input = _input_of(conn, run.task_id, run.started_at or run.created_at)
+        held = bool(conn.execute(
+            select(review_queue.c.held).where(review_queue.c.run_id == run_id)
+        ).scalar())
+    if held and graph is None:
+        raise ReviewError(
+            f"run {run_id} is held for review by the production bar; recording its review "
+            "releases it, which needs the project's agents: pass graph=project.graph "
+            "(`tether review record` does)"
+        )
     if agent is not None and agent.name != run.agent:
         raise ReviewError(f"run {run_id} is a run of {run.agent!r}, not of {agent.name!r}")
     when = time.time() if now is None else now
@@ -196,37 +212,29 @@ def record_review(
         "created_at": when,
     }
 
-    def body(conn: Connection) -> tuple[Review, bool]:
+    def body(conn: Connection) -> Review:
         review_id = conn.execute(
             reviews.insert().values(**values).returning(reviews.c.id)
         ).scalar_one()
         store._append(conn, run.task_id, [("review", {"id": review_id, **values})], when)
-        queued = conn.execute(
-            select(review_queue.c.held, review_queue.c.reviewed_at)
-            .where(review_queue.c.run_id == run_id)
-        ).first()
-        if queued is not None and queued.reviewed_at is None:
-            conn.execute(
-                update(review_queue)
-                .where(review_queue.c.run_id == run_id, review_queue.c.reviewed_at.is_(None))
-                .values(reviewed_at=when)
-            )
+        conn.execute(
+            update(review_queue)
+            .where(review_queue.c.run_id == run_id, review_queue.c.reviewed_at.is_(None))
+            .values(reviewed_at=when)
+        )
         example_id = None
         if example is not None:
             example_id = ex.insert_example(conn, {**example, "review_id": review_id})
-        held = queued is not None and bool(queued.held)
-        return Review(id=review_id, example_id=example_id, **values), held
+        if held:
+            assert graph is not None
+            from tether.triage.hold import release_in
 
-    review, held = store._transact(body)
-    if held:
-        after_held_review(store, review)
-    return review
+            # Idempotent: a second review of a released run finds the first release.
+            release_in(conn, store, graph, run_id, verdict=verdict, corrected=corrected,
+                       reviewer=values["reviewer"], reason=reason, now=when)
+        return Review(id=review_id, example_id=example_id, **values)
 
-
-def after_held_review(store: Store, review: Review) -> None:
-    """Called after a review of a run whose triggers were held (``review_queue.held = 1``)
-    has committed. A no-op for now: the production bar (issue 9) releases or corrects the
-    held run's triggers here (``release_held``)."""
+    return store._transact(body)
 
 
 # -- reading -----------------------------------------------------------------------------

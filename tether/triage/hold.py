@@ -12,7 +12,6 @@ shows the review on the path.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, insert, select, update
 from tether.errors import Conflict, NotFound
 from tether.graph.registry import Graph
 from tether.jsonable import to_json
+from tether.review.flow import sampled
 from tether.store import Completion, Store
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import review_queue
@@ -57,17 +57,14 @@ def queue_for_review(
 
 
 def sampled_for_rollout(run_id: int, rate: float) -> bool:
-    """Whether an automated run is sampled for rollout review at ``rate``.
+    """Whether an automated run is sampled for rollout review at the bar's ``rate``.
 
-    Decided by a hash of the run id: reproducible, independent of the score, so the
-    sampled runs are an unbiased sample of the automated share.
+    The review flow's one sampling rule (:func:`tether.review.flow.sampled`, a hash of the
+    run id: reproducible, independent of the score, so the sampled runs are an unbiased
+    sample of the automated share). Sharing it means an agent's own ``review_rate`` and
+    the bar's rollout rate together sample at the larger of the two, never their sum.
     """
-    if rate <= 0.0:
-        return False
-    if rate >= 1.0:
-        return True
-    h = int.from_bytes(hashlib.sha256(f"rollout:{run_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < rate
+    return sampled(run_id, rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,73 +113,90 @@ def release_held(
     when = time.time() if now is None else now
     corrected = None if corrected_output is None else to_json(
         corrected_output, what="corrected output")
+    return store._transact(
+        lambda conn: release_in(conn, store, graph, run_id, verdict=verdict,
+                                corrected=corrected, reviewer=reviewer, reason=reason, now=when)
+    )
 
-    def body(conn: Connection) -> Release:
-        held = conn.execute(
-            select(runs.c.id, runs.c.task_id, runs.c.status, runs.c.waiting_for,
-                   runs.c.output, runs.c.attempt, tasks.c.agent, tasks.c.key)
-            .join(tasks, tasks.c.id == runs.c.task_id).where(runs.c.id == run_id)
-        ).first()
-        if held is None:
-            raise NotFound(f"no run {run_id}; list held runs with `tether review`")
-        store._lock_task(conn, held.task_id)  # one release decides at a time
-        done = conn.execute(
-            select(triage_releases).where(triage_releases.c.held_run_id == run_id)
-        ).first()
-        if done is not None:
-            return Release(run_id, done.run_id, done.verdict, done.emitted,
-                           failed=False, already=True)
-        if held.status != "succeeded" or held.waiting_for != WAITING_FOR:
-            raise Conflict(
-                f"run {run_id} of {held.agent}/{held.key} is not held for review "
-                f"(status {held.status}, waiting for {held.waiting_for or 'nothing'})"
-            )
-        agent = graph.agents.get(held.agent)
-        if agent is None:
-            raise TriageError(
-                f"release of run {run_id}: no agent named {held.agent!r} in this project"
-            )
-        accept = verdict == "correct" or corrected is not None
-        output = (corrected if corrected is not None else held.output) if accept else None
-        note = f"review by {reviewer}: {verdict}" + (f" ({reason})" if reason else "")
-        if corrected is not None:
-            note += "; corrected output"
-        record = conn.execute(
-            insert(runs).values(
-                task_id=held.task_id, attempt=held.attempt, reason="review", note=note,
-                status="succeeded" if accept else "failed",
-                failure_class=None if accept else "terminal",
-                failure_reason=None if accept else f"rejected in review by {reviewer}"
-                + (f": {reason}" if reason else ""),
-                output=output, created_at=when, available_at=when, started_at=when,
-                finished_at=when, worker=f"review:{reviewer}",
-            ).returning(*RUN_FIELDS)
-        ).one()
-        new_id = int(record.id)
-        emitted = 0
-        if accept:
-            from tether.runtime.execute import edges_for
 
-            c = Completion(run_id=new_id, task_id=held.task_id, worker=f"review:{reviewer}",
-                           attempt=held.attempt, succeeded=True, finished_at=when,
-                           output=output)
-            for edge in edges_for(graph, agent, held.key, output):
-                store._record_edge(conn, c, edge)
-                emitted += 1
-        store._append(conn, held.task_id, [("run", dict(record._mapping))], when)
-        conn.execute(insert(triage_releases).values(
-            held_run_id=run_id, run_id=new_id, verdict=verdict, reviewer=reviewer,
-            emitted=emitted, created_at=when,
-        ))
-        record_audit(conn, actor=reviewer, action="triage.release",
-                     subject=f"agent:{held.agent}", at=when,
-                     detail={"held_run": run_id, "run": new_id, "verdict": verdict,
-                             "corrected": corrected is not None, "emitted": emitted})
-        conn.execute(
-            update(review_queue)
-            .where(review_queue.c.run_id == run_id, review_queue.c.reviewed_at.is_(None))
-            .values(reviewed_at=when)
+def release_in(
+    conn: Connection,
+    store: Store,
+    graph: Graph,
+    run_id: int,
+    *,
+    verdict: str,
+    corrected: Any,
+    reviewer: str,
+    reason: str | None,
+    now: float,
+) -> Release:
+    """:func:`release_held` inside the caller's transaction (the review flow records the
+    review and releases the run in one transaction, so a crash cannot leave a reviewed
+    run held). ``corrected`` is already JSON-ready."""
+    held = conn.execute(
+        select(runs.c.id, runs.c.task_id, runs.c.status, runs.c.waiting_for,
+               runs.c.output, runs.c.attempt, tasks.c.agent, tasks.c.key)
+        .join(tasks, tasks.c.id == runs.c.task_id).where(runs.c.id == run_id)
+    ).first()
+    if held is None:
+        raise NotFound(f"no run {run_id}; list held runs with `tether review`")
+    store._lock_task(conn, held.task_id)  # one release decides at a time
+    done = conn.execute(
+        select(triage_releases).where(triage_releases.c.held_run_id == run_id)
+    ).first()
+    if done is not None:
+        return Release(run_id, done.run_id, done.verdict, done.emitted,
+                       failed=False, already=True)
+    if held.status != "succeeded" or held.waiting_for != WAITING_FOR:
+        raise Conflict(
+            f"run {run_id} of {held.agent}/{held.key} is not held for review "
+            f"(status {held.status}, waiting for {held.waiting_for or 'nothing'})"
         )
-        return Release(run_id, new_id, verdict, emitted, failed=not accept)
+    agent = graph.agents.get(held.agent)
+    if agent is None:
+        raise TriageError(
+            f"release of run {run_id}: no agent named {held.agent!r} in this project"
+        )
+    accept = verdict == "correct" or corrected is not None
+    output = (corrected if corrected is not None else held.output) if accept else None
+    note = f"review by {reviewer}: {verdict}" + (f" ({reason})" if reason else "")
+    if corrected is not None:
+        note += "; corrected output"
+    record = conn.execute(
+        insert(runs).values(
+            task_id=held.task_id, attempt=held.attempt, reason="review", note=note,
+            status="succeeded" if accept else "failed",
+            failure_class=None if accept else "terminal",
+            failure_reason=None if accept else f"rejected in review by {reviewer}"
+            + (f": {reason}" if reason else ""),
+            output=output, created_at=now, available_at=now, started_at=now,
+            finished_at=now, worker=f"review:{reviewer}",
+        ).returning(*RUN_FIELDS)
+    ).one()
+    new_id = int(record.id)
+    emitted = 0
+    if accept:
+        from tether.runtime.execute import edges_for
 
-    return store._transact(body)
+        c = Completion(run_id=new_id, task_id=held.task_id, worker=f"review:{reviewer}",
+                       attempt=held.attempt, succeeded=True, finished_at=now,
+                       output=output)
+        for edge in edges_for(graph, agent, held.key, output):
+            store._record_edge(conn, c, edge)
+            emitted += 1
+    store._append(conn, held.task_id, [("run", dict(record._mapping))], now)
+    conn.execute(insert(triage_releases).values(
+        held_run_id=run_id, run_id=new_id, verdict=verdict, reviewer=reviewer,
+        emitted=emitted, created_at=now,
+    ))
+    record_audit(conn, actor=reviewer, action="triage.release",
+                 subject=f"agent:{held.agent}", at=now,
+                 detail={"held_run": run_id, "run": new_id, "verdict": verdict,
+                         "corrected": corrected is not None, "emitted": emitted})
+    conn.execute(
+        update(review_queue)
+        .where(review_queue.c.run_id == run_id, review_queue.c.reviewed_at.is_(None))
+        .values(reviewed_at=now)
+    )
+    return Release(run_id, new_id, verdict, emitted, failed=not accept)

@@ -77,13 +77,17 @@ def seed_reviewed(
             store._append_many(conn, [(r.task_id, [("run", dict(r._mapping))], r.finished_at)
                                       for r in recorded])
             found = {r.task_id: r.id for r in recorded}
-            conn.execute(insert(reviews), [
+            reviewed = conn.execute(insert(reviews).returning(*reviews.c), [
                 {"run_id": found[ids[k]], "task_id": ids[k], "agent": agent,
                  "verdict": "correct" if data["correct"][i] else "incorrect",
                  "reason": None if data["correct"][i] else "wrong",
-                 "reviewer": "synthetic", "created_at": t0 + i + 1}
+                 "corrected_output": None, "reviewer": "synthetic",
+                 "created_at": t0 + i + 1}
                 for i, k in enumerate(keys, lo)
-            ])
+            ]).all()
+            # Reviews are in the chain too (tether/review), so `tether verify` still holds.
+            store._append_many(conn, [(r.task_id, [("review", dict(r._mapping))], r.created_at)
+                                      for r in reviewed])
             return [found[ids[k]] for k in keys]
 
         run_ids.extend(store._transact(body))
