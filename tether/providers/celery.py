@@ -50,6 +50,7 @@ from tether.providers.base import Dispatcher, Listener, Provider, wait_until_idl
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
+from tether.store.store import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project
@@ -309,6 +310,9 @@ class CeleryProvider(Provider):
             self.project.graph,
             lease_seconds=settings.lease_seconds,
             on_complete=self._recorded,
+            # Downstream runs are published right after the commit that queued them (and
+            # marked dispatched in it); the outbox re-publishes any this misses.
+            publish=self._publish,
         )
         dispatcher = _BrokerDispatcher(
             runner,
@@ -454,9 +458,10 @@ class CeleryProvider(Provider):
         with self._lock:
             count(self.stats, outcome)
         dispatcher = self._dispatcher
-        if outcome.recorded and outcome.succeeded and dispatcher is not None:
-            # Its triggers queued downstream runs in the same transaction: publish them
-            # now rather than at the end of the poll interval.
+        overflow = len(outcome.dispatched) >= INLINE_DISPATCH
+        if outcome.recorded and outcome.succeeded and overflow and dispatcher is not None:
+            # Its triggers may have queued more downstream runs than are published inline
+            # (a large fan-out): the outbox takes them now rather than after its poll.
             dispatcher.wake()
 
     def _recorded(self, completion: Completion) -> None:

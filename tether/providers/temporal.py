@@ -60,6 +60,7 @@ from tether.providers.temporal_workflows import (
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion, Store
+from tether.store.store import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project
@@ -163,6 +164,9 @@ class TemporalProvider(Provider):
             self.project.graph,
             lease_seconds=settings.lease_seconds,
             on_complete=self._recorded,
+            # Downstream runs start their workflows right after the commit that queued
+            # them, from the activity's thread; the outbox is the safety net.
+            publish=self._publish,
         )
         outcome: dict[str, BaseException] = {}
         finished = threading.Event()
@@ -406,9 +410,10 @@ class TemporalProvider(Provider):
         result = asdict(outcome)
         if outcome.executed:
             self._count(outcome)
-            if outcome.recorded and outcome.succeeded and self._dispatcher is not None:
-                # Its triggers queued downstream runs in the same transaction: dispatch them
-                # now rather than at the end of the poll interval.
+            overflow = len(outcome.dispatched) >= INLINE_DISPATCH
+            if outcome.recorded and outcome.succeeded and overflow and self._dispatcher:
+                # Its triggers may have queued more downstream runs than are handed over
+                # inline (a large fan-out): the outbox takes them now, not after its poll.
                 self._dispatcher.wake()
             if not outcome.succeeded:
                 # Recorded: the retry this failure queued. Not recorded: the lease was lost,
