@@ -49,6 +49,9 @@ INLINE_DISPATCH = 64
 (:meth:`Store._complete` with ``dispatched``); beyond that the outbox's back-pressure
 decides when a large fan-out reaches the engine."""
 
+NOTIFY_CHANNEL = "tether_runs"
+"""The PostgreSQL channel notified when a run becomes due for the outbox to hand over."""
+
 RUN_FIELDS = tuple(runs.c[name] for name in FIELDS["run"])
 """What a run's final outcome is hashed over: returned by every statement that ends a run."""
 
@@ -351,6 +354,12 @@ class Store(StoreReads):
             )
         )
         pk = result.inserted_primary_key
+        if (self.dialect == "postgresql" and dispatched_at is None and reason != "trigger"
+                and (available_at is None or available_at <= now)):
+            # Wakes engine providers' outboxes (LISTEN, see tether.providers.base) at the
+            # commit instead of at their next poll; PostgreSQL folds the notifications of
+            # one transaction into one. Triggered runs are handed over by their worker.
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
         return None if pk is None else int(pk[0])
 
     # -- claiming and leases -------------------------------------------------------
@@ -481,33 +490,26 @@ class Store(StoreReads):
         now = time.time() if now is None else now
         lease = now + lease_seconds
         busy = runs.alias("busy")
+        # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
         rows = conn.execute(
             update(runs)
             .where(
                 runs.c.id.in_(list(run_ids)),
                 runs.c.status == "queued",
                 runs.c.available_at <= now,
+                tasks.c.id == runs.c.task_id,
                 ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
             )
             .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
-            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note,
+                       tasks.c.agent, tasks.c.key)
         ).all()
-        if not rows:
-            return {}
-        names = {
-            t.id: (t.agent, t.key)
-            for t in conn.execute(
-                select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
-                    tasks.c.id.in_({r.task_id for r in rows})
-                )
-            )
-        }
         return {
             r.id: Claim(
                 run_id=r.id,
                 task_id=r.task_id,
-                agent=names[r.task_id][0],
-                key=names[r.task_id][1],
+                agent=r.agent,
+                key=r.key,
                 attempt=r.attempt,
                 reason=r.reason,
                 note=r.note,
