@@ -490,26 +490,39 @@ class Store(StoreReads):
         now = time.time() if now is None else now
         lease = now + lease_seconds
         busy = runs.alias("busy")
-        # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
-        rows = conn.execute(
-            update(runs)
-            .where(
-                runs.c.id.in_(list(run_ids)),
-                runs.c.status == "queued",
-                runs.c.available_at <= now,
-                tasks.c.id == runs.c.task_id,
-                ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
-            )
-            .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
-            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note,
-                       tasks.c.agent, tasks.c.key)
-        ).all()
+        claimable = (
+            runs.c.id.in_(list(run_ids)),
+            runs.c.status == "queued",
+            runs.c.available_at <= now,
+            ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
+        )
+        values = {"status": "running", "worker": worker, "started_at": now,
+                  "lease_expires_at": lease}
+        cols = (runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+        if self.dialect == "postgresql":
+            # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
+            rows = conn.execute(
+                update(runs).where(*claimable, tasks.c.id == runs.c.task_id)
+                .values(**values).returning(*cols, tasks.c.agent, tasks.c.key)
+            ).all()
+            names = {r.task_id: (r.agent, r.key) for r in rows}
+        else:  # SQLite's RETURNING may not name the FROM table
+            rows = conn.execute(update(runs).where(*claimable).values(**values)
+                                .returning(*cols)).all()
+            names = {
+                t.id: (t.agent, t.key)
+                for t in conn.execute(
+                    select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
+                        tasks.c.id.in_({r.task_id for r in rows})
+                    )
+                )
+            } if rows else {}
         return {
             r.id: Claim(
                 run_id=r.id,
                 task_id=r.task_id,
-                agent=r.agent,
-                key=r.key,
+                agent=names[r.task_id][0],
+                key=names[r.task_id][1],
                 attempt=r.attempt,
                 reason=r.reason,
                 note=r.note,
