@@ -270,7 +270,20 @@ class PlainCelery:
             )
             for _ in range(workers)
         ]
-        self.run_chains(1)  # warm: every process has connected and consumes
+        self._warm()
+
+    def _warm(self) -> None:
+        """One chain end to end: every process has connected and consumes. Worker
+        processes starting on a busy machine may miss the first message (published before
+        any of them bound the queue), so it is published again until one ends."""
+        self.redis.delete(self.done_key)
+        for _ in range(6):
+            self.publish(0)
+            if self.redis.blpop([self.done_key], timeout=15) is not None:
+                time.sleep(0.5)  # the chains published twice finish too
+                self.redis.delete(self.done_key)
+                return
+        raise RuntimeError("plain Celery: the workers did not start within 90 s")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs] + redis_pids() + (
@@ -298,7 +311,11 @@ class PlainCelery:
         return max(end for _, end in ends) - start, [end - t0 for t0, end in ends]
 
     def wait_one(self) -> tuple[float, float]:
-        popped = self.redis.blpop([self.done_key], timeout=60)
+        popped = None
+        for _ in range(6):  # short waits: the client's socket times out on long ones
+            popped = self.redis.blpop([self.done_key], timeout=10)
+            if popped is not None:
+                break
         if popped is None:
             raise RuntimeError("plain Celery: a chain did not finish within 60 s")
         _chain, t0, end = json.loads(popped[1])
