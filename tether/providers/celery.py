@@ -234,6 +234,14 @@ class CeleryProvider(Provider):
 
     # -- the Provider interface ----------------------------------------------------
 
+    def idle(self) -> bool:
+        """True when nothing is queued or running in the store and no run of this process
+        is still being counted."""
+        with self._lock:
+            if self._inflight:
+                return False
+        return super().idle()
+
     def deliver(self, runs: Sequence[tuple[int, str]]) -> None:
         """Publish ``runs`` now, even if published before (duplicates execute nothing)."""
         if not runs:
@@ -280,6 +288,10 @@ class CeleryProvider(Provider):
         attempt) and their agents' threads abandoned."""
         self._aborting.set()
         self._stopping.set()
+        if self._dispatcher is not None:
+            # Stopped before the release: its NOTIFY would otherwise wake this outbox,
+            # which would publish the released runs to this stopping worker.
+            self._dispatcher.stop()
         runner = self._runner
         if runner is None:
             return
@@ -441,16 +453,18 @@ class CeleryProvider(Provider):
             while not done.wait(0.5):
                 if self._aborting.is_set():
                     return  # released in the store by abort(); the agent is abandoned
+            if "error" in result:
+                # The store refused (it is unreachable, say). Nothing is lost: a run never
+                # claimed is still queued and published again after `redispatch_after`; a
+                # claimed one is reaped when its lease expires. Never Celery's retry.
+                log.error("run %s: %s", run_id, result["error"])
+                return
+            self._count(result["outcome"])
         finally:
+            # Counted before it leaves _inflight: idle() is not true while a recorded run
+            # is yet to be counted (an --until-idle worker would stop and miss it).
             with self._lock:
                 self._inflight.discard(run_id)
-        if "error" in result:
-            # The store refused (it is unreachable, say). Nothing is lost: a run never
-            # claimed is still queued and published again after `redispatch_after`; a
-            # claimed one is reaped when its lease expires. Never Celery's retry.
-            log.error("run %s: %s", run_id, result["error"])
-            return
-        self._count(result["outcome"])
 
     def _count(self, outcome: Outcome) -> None:
         if not outcome.executed:

@@ -202,6 +202,11 @@ class TemporalProvider(Provider):
     def abort(self) -> None:
         """Stop now: runs in flight are released in the store (queued again, same attempt)
         and their activities cancelled; their agents' threads are abandoned."""
+        self._stopping.set()
+        if self._dispatcher is not None:
+            # Stopped before the release: its NOTIFY would otherwise wake this outbox,
+            # which would hand the released runs back to this stopping worker.
+            self._dispatcher.stop()
         runner = self._runner
         with self._lock:
             inflight = list(self._inflight)
@@ -218,6 +223,14 @@ class TemporalProvider(Provider):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._cancel_activities)
         self.stop()
+
+    def idle(self) -> bool:
+        """True when nothing is queued or running in the store and no run of this process
+        is still being counted."""
+        with self._lock:
+            if self._inflight:
+                return False
+        return super().idle()
 
     def deliver(self, runs: Sequence[tuple[int, str]]) -> None:
         """Start the workflows of ``runs`` now; one already started counts as delivered."""
@@ -400,16 +413,23 @@ class TemporalProvider(Provider):
             )
         with self._lock:
             self._inflight.add(run_id)
+        outcome: Outcome | None = None
         try:
             outcome = runner(run_id)
         except TetherError as exc:  # the store refused: Temporal retries the activity
             raise ApplicationError(f"run {run_id}: {exc}", type="StoreError") from exc
         finally:
-            with self._lock:
-                self._inflight.discard(run_id)
+            if outcome is None:
+                with self._lock:
+                    self._inflight.discard(run_id)
         result = asdict(outcome)
         if outcome.executed:
             self._count(outcome)
+        # Counted before it leaves _inflight: idle() is not true while a recorded run is
+        # yet to be counted (an --until-idle worker would stop and report it missing).
+        with self._lock:
+            self._inflight.discard(run_id)
+        if outcome.executed:
             overflow = len(outcome.dispatched) >= INLINE_DISPATCH
             if outcome.recorded and outcome.succeeded and overflow and self._dispatcher:
                 # Its triggers may have queued more downstream runs than are handed over
