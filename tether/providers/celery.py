@@ -286,17 +286,19 @@ class CeleryProvider(Provider):
     def abort(self) -> None:
         """Stop now: runs in flight are released in the store (queued again at the same
         attempt) and their agents' threads abandoned."""
+        # The runs in flight, read before _aborting is set: their tasks return (and leave
+        # _inflight) as soon as they see it.
+        with self._lock:
+            inflight = list(self._inflight)
+        runner = self._runner
         self._aborting.set()
         self._stopping.set()
         if self._dispatcher is not None:
             # Stopped before the release: its NOTIFY would otherwise wake this outbox,
             # which would publish the released runs to this stopping worker.
             self._dispatcher.stop()
-        runner = self._runner
         if runner is None:
             return
-        with self._lock:
-            inflight = list(self._inflight)
         if inflight:
             self.stats.released += len(
                 runner.store.release(

@@ -202,14 +202,14 @@ class TemporalProvider(Provider):
     def abort(self) -> None:
         """Stop now: runs in flight are released in the store (queued again, same attempt)
         and their activities cancelled; their agents' threads are abandoned."""
+        runner = self._runner
+        with self._lock:
+            inflight = list(self._inflight)
         self._stopping.set()
         if self._dispatcher is not None:
             # Stopped before the release: its NOTIFY would otherwise wake this outbox,
             # which would hand the released runs back to this stopping worker.
             self._dispatcher.stop()
-        runner = self._runner
-        with self._lock:
-            inflight = list(self._inflight)
         if runner is not None and inflight:
             self.stats.released += len(
                 runner.store.release(
