@@ -244,8 +244,8 @@ class PlainCelery:
         self._fresh_queue()
 
     def _fresh_queue(self) -> None:
-        # A new queue for every start: a queue deleted and declared again under the same
-        # name on Redis may keep a stale binding, and a restarted worker would not see it.
+        # A new queue for every start: nothing a previous start left (a chain published
+        # twice by the warm-up, say) can be counted by the next one.
         self.queue = f"bench-plain-{os.getpid()}-{secrets.token_hex(3)}"
         self.app = plain_app(self.broker, self.queue)
         self.done_key = f"bench:done:{self.queue}"
