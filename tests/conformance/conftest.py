@@ -94,6 +94,25 @@ def delete_queue(broker_url: str, name: str) -> None:
         bound.delete()
         with contextlib.suppress(Exception):  # Redis keeps no exchange of its own
             exchange(conn.default_channel).delete()
+    if broker_url.startswith("redis://"):
+        _forget_unacked(broker_url, name)
+
+
+def _forget_unacked(broker_url: str, name: str) -> None:
+    """Drop the messages a SIGKILLed worker held for queue ``name`` from kombu's Redis
+    ``unacked`` hash; kombu would otherwise restore them later and so re-create the queue
+    this teardown deleted. Entries of other queues are left alone."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    for tag, raw in client.hgetall("unacked").items():
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            if json.loads(raw)[-1] == name:  # [message, exchange, routing key]
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+    client.close()
 
 
 @pytest.fixture(params=BACKENDS)
