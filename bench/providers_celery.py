@@ -181,31 +181,47 @@ def percentile(values: Sequence[float], pct: float) -> float:
 # -- plain Celery ------------------------------------------------------------------------
 
 
-def plain_app(broker: str, queue: str) -> Any:
-    """Tasks a -> b -> c written directly against Celery, with the provider's settings."""
+def plain_app(broker: str, queue: str, pg_url: str | None = None) -> Any:
+    """Tasks a -> b -> c written directly against Celery, with the provider's settings.
+
+    With ``pg_url`` each task first records its result durably — one committed INSERT
+    into ``plain_results`` on PostgreSQL, what a team using Celery alone would need to know
+    later what ran and what it returned — through a pool, as a real service would.
+    """
     import redis as redis_lib
 
     app = make_app(broker, queue)
     done = redis_lib.Redis.from_url(broker)
+    engine = create_engine(_psycopg(pg_url), pool_size=8) if pg_url else None
+    record = text("INSERT INTO plain_results (chain, agent, output, finished_at) "
+                  "VALUES (:chain, :agent, NULL, :at)")
+
+    def durable(chain: int, agent: str) -> None:
+        if engine is not None:
+            with engine.begin() as conn:
+                conn.execute(record, {"chain": chain, "agent": agent, "at": time.time()})
 
     @app.task(name="bench.a", shared=False)
     def a(chain: int, t0: float) -> None:
+        durable(chain, "a")
         app.send_task("bench.b", args=(chain, t0), queue=queue)
 
     @app.task(name="bench.b", shared=False)
     def b(chain: int, t0: float) -> None:
+        durable(chain, "b")
         app.send_task("bench.c", args=(chain, t0), queue=queue)
 
     @app.task(name="bench.c", shared=False)
     def c(chain: int, t0: float) -> None:
+        durable(chain, "c")
         done.rpush(f"bench:done:{queue}", json.dumps([chain, t0, time.time()]))
 
     return app
 
 
-def plain_worker(broker: str, queue: str, concurrency: int) -> None:
+def plain_worker(broker: str, queue: str, concurrency: int, pg_url: str = "") -> None:
     """A plain `celery worker` process (thread pool) for the tasks above."""
-    app = plain_app(broker, queue)
+    app = plain_app(broker, queue, pg_url or None)
     app.worker_main([
         "worker", "--pool=threads", f"--concurrency={concurrency}", f"--queues={queue}",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
@@ -213,36 +229,65 @@ def plain_worker(broker: str, queue: str, concurrency: int) -> None:
 
 
 class PlainCelery:
-    """Drives plain Celery worker processes."""
+    """Drives plain Celery worker processes (``pg_url``: each task records its result in
+    PostgreSQL)."""
 
-    system = "celery"
-
-    def __init__(self, broker: str, concurrency: int) -> None:
+    def __init__(self, broker: str, concurrency: int, pg_url: str | None = None) -> None:
         import redis as redis_lib
 
+        self.system = "celery+pg" if pg_url else "celery"
         self.broker = broker
         self.concurrency = concurrency
-        self.queue = f"bench-plain-{secrets.token_hex(3)}"
-        self.app = plain_app(broker, self.queue)
+        self.pg_url = pg_url
         self.redis = redis_lib.Redis.from_url(broker)
-        self.done_key = f"bench:done:{self.queue}"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._fresh_queue()
+
+    def _fresh_queue(self) -> None:
+        # A new queue for every start: nothing a previous start left (a chain published
+        # twice by the warm-up, say) can be counted by the next one.
+        self.queue = f"bench-plain-{os.getpid()}-{secrets.token_hex(3)}"
+        self.app = plain_app(self.broker, self.queue)
+        self.done_key = f"bench:done:{self.queue}"
 
     def start(self, workers: int) -> None:
+        self._fresh_queue()
+        if self.pg_url:
+            engine = create_engine(_psycopg(self.pg_url))
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS plain_results"))
+                conn.execute(text(
+                    "CREATE TABLE plain_results (id BIGSERIAL PRIMARY KEY, chain BIGINT, "
+                    "agent TEXT, output JSONB, finished_at DOUBLE PRECISION)"))
+            engine.dispose()
         self.procs = [
             subprocess.Popen(
                 [sys.executable, __file__, "plain-worker", self.broker, self.queue,
-                 str(self.concurrency)],
+                 str(self.concurrency), self.pg_url or ""],
                 stdout=subprocess.DEVNULL,
                 # Celery warns that the worker runs as root (as on this bench machine).
                 env={**os.environ, "PYTHONWARNINGS": "ignore"},
             )
             for _ in range(workers)
         ]
-        self.run_chains(1)  # warm: every process has connected and consumes
+        self._warm()
+
+    def _warm(self) -> None:
+        """One chain end to end: every process has connected and consumes. Worker
+        processes starting on a busy machine may miss the first message (published before
+        any of them bound the queue), so it is published again until one ends."""
+        self.redis.delete(self.done_key)
+        for _ in range(6):
+            self.publish(0)
+            if self.redis.blpop([self.done_key], timeout=15) is not None:
+                time.sleep(0.5)  # the chains published twice finish too
+                self.redis.delete(self.done_key)
+                return
+        raise RuntimeError("plain Celery: the workers did not start within 90 s")
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs] + redis_pids()
+        return [p.pid for p in self.procs] + redis_pids() + (
+            pg_backends(self.pg_url) if self.pg_url else [])
 
     def stop(self) -> None:
         stop_all(self.procs)
@@ -266,7 +311,11 @@ class PlainCelery:
         return max(end for _, end in ends) - start, [end - t0 for t0, end in ends]
 
     def wait_one(self) -> tuple[float, float]:
-        popped = self.redis.blpop([self.done_key], timeout=60)
+        popped = None
+        for _ in range(6):  # short waits: the client's socket times out on long ones
+            popped = self.redis.blpop([self.done_key], timeout=10)
+            if popped is not None:
+                break
         if popped is None:
             raise RuntimeError("plain Celery: a chain did not finish within 60 s")
         _chain, t0, end = json.loads(popped[1])
@@ -387,6 +436,19 @@ class TetherWorkers:
         return out
 
 
+def pg_backends(url: str) -> list[int]:
+    """PostgreSQL backends serving the database of ``url`` (for the CPU meter)."""
+    engine = create_engine(_psycopg(url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )).scalars())
+    finally:
+        engine.dispose()
+
+
 def _psycopg(url: str) -> Any:
     parsed = make_url(url)
     return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" \
@@ -451,6 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         or "postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL server where this user may CREATE DATABASE")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--systems", default="celery,celery+pg,tether,tether-local",
+                        help="which systems to run (comma-separated)")
+    parser.add_argument("--latency-polls", default="0.2,0.02",
+                        help="Tether outbox poll intervals for the latency runs")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -462,15 +528,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.time()
     folder = Path(tempfile.mkdtemp(prefix="bench-celery-"))
     plain = PlainCelery(args.broker, args.concurrency)
+    plain_pg = PlainCelery(args.broker, args.concurrency, pg_url)
     harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder)
     local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder)
+    chosen = args.systems.split(",")
+    systems = [s for s in (plain, plain_pg, harness, local) if s.system in chosen]
+    polls = [float(p) for p in args.latency_polls.split(",") if p]
     try:
         for k in workers:
-            # The two systems alternate, so a drift of the machine hits both alike.
-            for system in (plain, harness, local):
-                system.start(k)
-                try:
-                    for _ in range(args.rounds):
+            # The systems alternate, so a drift of the machine hits them alike.
+            for _ in range(args.rounds):
+                for system in systems:
+                    system.start(k)
+                    try:
                         with CpuMeter(system.pids) as meter:
                             seconds, lat = system.run_chains(args.chains)
                         results.append(Result(system.system, "throughput", k, args.chains,
@@ -479,23 +549,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         console.print(f"{system.system:12} {k} proc: {rps:7.0f} runs/s, "
                                       f"{results[-1].cpu_ms_per_run:.2f} CPU ms/run",
                                       highlight=False)
-                finally:
-                    system.stop()
-        plain.start(1)
-        try:
-            t0 = time.time()
-            lat = plain.latency(args.latency_chains)
-            results.append(Result("celery", "latency", 1, len(lat), time.time() - t0, lat))
-        finally:
-            plain.stop()
-        for side in (harness, local):
-            for poll in (0.2, 0.02):
-                side.start(1, poll=poll)
+                    finally:
+                        system.stop()
+        for side in systems:
+            for poll in (polls if isinstance(side, TetherWorkers) else [None]):
+                if isinstance(side, TetherWorkers):
+                    side.start(1, poll=poll or 0.2)
+                else:
+                    side.start(1)
                 try:
                     t0 = time.time()
                     lat = side.latency(args.latency_chains)
                     results.append(Result(side.system, "latency", 1, len(lat), time.time() - t0,
                                           lat, poll=poll))
+                    at = "" if poll is None else f" poll {poll}"
+                    console.print(f"{side.system:12} latency{at}: "
+                                  f"{median(lat) * 1e3:.1f} ms median", highlight=False)
                 finally:
                     side.stop()
     finally:
@@ -525,25 +594,39 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
         return median([r.cpu_ms_per_run for r in results
                        if (r.system, r.kind, r.workers) == (system, "throughput", k)])
 
+    systems = [s for s in ("celery", "celery+pg", "tether", "tether-local")
+               if any(r.system == s for r in results)]
+    label = {"celery": "plain Celery", "celery+pg": "plain Celery + PG results",
+             "tether": "Tether on Celery", "tether-local": "Tether local worker"}
     table = Table(title=f"Throughput, runs/s (chain a -> b -> c, no-op work, Redis broker, "
                         f"PostgreSQL store, {args.concurrency} threads per process)")
-    for name in ("processes", "plain Celery", "Tether on Celery", "Tether / Celery time",
-                 "Tether vs 1 process", "Tether local worker"):
-        table.add_column(name, justify="right")
-    base = rate("tether", workers[0])
+    table.add_column("processes", justify="right")
+    for system in systems:
+        table.add_column(label[system], justify="right")
+    ratios = [b for b in ("celery", "celery+pg") if b in systems and "tether" in systems]
+    for b in ratios:
+        table.add_column(f"Tether / {label[b]} time", justify="right")
+    if "tether" in systems:
+        table.add_column("Tether vs 1 process", justify="right")
+    if "tether-local" in systems:
+        table.add_column("local vs 1 process", justify="right")
     for k in workers:
-        c, t, loc = rate("celery", k), rate("tether", k), rate("tether-local", k)
-        table.add_row(str(k), f"{c:,.0f}", f"{t:,.0f}", f"{c / t:.1f}x", f"{t / base:.2f}x",
-                      f"{loc:,.0f}")
+        row = [str(k), *(f"{rate(s, k):,.0f}" for s in systems)]
+        row += [f"{rate(b, k) / rate('tether', k):.2f}x" for b in ratios]
+        if "tether" in systems:
+            row.append(f"{rate('tether', k) / rate('tether', workers[0]):.2f}x")
+        if "tether-local" in systems:
+            row.append(f"{rate('tether-local', k) / rate('tether-local', workers[0]):.2f}x")
+        table.add_row(*row)
     console.print(table)
 
     costs = Table(title="CPU per run, ms (worker processes, PostgreSQL backends, Redis and "
                         "the bench's own process)")
-    for name in ("processes", "plain Celery", "Tether on Celery", "Tether local worker"):
-        costs.add_column(name, justify="right")
+    costs.add_column("processes", justify="right")
+    for system in systems:
+        costs.add_column(label[system], justify="right")
     for k in workers:
-        costs.add_row(str(k), *(f"{cpu(system, k):.2f}"
-                                for system in ("celery", "tether", "tether-local")))
+        costs.add_row(str(k), *(f"{cpu(system, k):.2f}" for system in systems))
     console.print(costs)
 
     lat = Table(title="End-to-end latency of one chain (submitted -> c finished), one process")
@@ -553,8 +636,7 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
     for r in results:
         if r.kind != "latency":
             continue
-        name = {"celery": "plain Celery", "tether": "Tether on Celery"}.get(
-            r.system, "Tether local worker")
+        name = label[r.system]
         if r.poll is not None:
             name += f", poll {r.poll} s"
         lat.add_row(name, f"{median(r.latencies) * 1e3:.1f}",
@@ -565,6 +647,6 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "plain-worker":
-        plain_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        plain_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
         sys.exit(0)
     sys.exit(main())

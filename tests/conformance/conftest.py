@@ -8,6 +8,8 @@ subprocesses, so the same scenarios run unchanged on every engine.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -77,15 +79,52 @@ def temporal_address() -> Iterator[str]:
         yield address
 
 
+def delete_queue(broker_url: str, name: str) -> None:
+    """Delete Celery queue ``name`` (and its exchange and bindings) with any messages left.
+
+    Declared first, as Celery declares it: kombu's Redis transport only deletes what the
+    channel knows it bound. Only this session's queues are named here, never others'.
+    """
+    from kombu import Connection, Exchange, Queue
+
+    with Connection(broker_url) as conn:
+        exchange = Exchange(name)
+        bound = Queue(name, exchange, routing_key=name)(conn.default_channel)
+        bound.declare()
+        bound.delete()
+        with contextlib.suppress(Exception):  # Redis keeps no exchange of its own
+            exchange(conn.default_channel).delete()
+    if broker_url.startswith("redis://"):
+        _forget_unacked(broker_url, name)
+
+
+def _forget_unacked(broker_url: str, name: str) -> None:
+    """Drop the messages a SIGKILLed worker held for queue ``name`` from kombu's Redis
+    ``unacked`` hash; kombu would otherwise restore them later and so re-create the queue
+    this teardown deleted. Entries of other queues are left alone."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    for tag, raw in client.hgetall("unacked").items():
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            if json.loads(raw)[-1] == name:  # [message, exchange, routing key]
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+    client.close()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     provider, store = request.param.split("-")
     settings: dict[str, Any] = {
         "provider": provider,
         "poll_interval": 0.02,
         "lease_seconds": 5.0,
         "concurrency": 4,
-        "task_queue": f"tether-conf-{secrets.token_hex(4)}",
+        # This session's pid in the name: sessions never share (or delete) each other's.
+        "task_queue": f"tether-conf-{os.getpid()}-{secrets.token_hex(4)}",
     }
     if store == "postgresql":
         settings["database_url"] = request.getfixturevalue("pg_url")
@@ -96,4 +135,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         settings["broker_url"] = REDIS_URL
     if provider == "temporal":
         settings["temporal_address"] = request.getfixturevalue("temporal_address")
-    return Backend(request.param, tmp_path, settings)
+    yield Backend(request.param, tmp_path, settings)
+    if provider == "celery":
+        # Tidy the broker: the queue, its bindings and any message a killed worker left.
+        delete_queue(settings["broker_url"], settings["task_queue"])

@@ -9,6 +9,7 @@ reaps runs whose worker was lost — and execute each delivered id with
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -18,6 +19,9 @@ from typing import TYPE_CHECKING, ClassVar
 from tether.runtime.single import RunOne
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
+from tether.store.store import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tether.project import Project
@@ -95,6 +99,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
 
     def tick(self) -> int:
         """One pass: reap, then dispatch what is due. Returns the runs dispatched."""
@@ -126,9 +131,38 @@ class Dispatcher:
         self._wake.set()
 
     def start(self) -> None:
-        """Run :meth:`tick` every ``poll`` seconds on a background thread."""
+        """Run :meth:`tick` every ``poll`` seconds on a background thread (on PostgreSQL
+        also as soon as a run is submitted or retried by an operator: see :meth:`_listen`)."""
         self._thread = threading.Thread(target=self._loop, name="tether-dispatch", daemon=True)
         self._thread.start()
+        if self.runner.store.dialect == "postgresql":
+            self._listener = threading.Thread(
+                target=self._listen, name="tether-listen", daemon=True
+            )
+            self._listener.start()
+
+    def _listen(self) -> None:
+        """Wake the dispatcher when the store notifies that a run is due (PostgreSQL
+        ``LISTEN``), so a submitted run is handed over within a millisecond or two rather
+        than after up to ``poll`` seconds. The poll stays: it covers notifications missed
+        while this connection was down, retries coming due, and SQLite."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.runner.store.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._wake.set()  # whatever was notified before this LISTEN
+                    while not self._stop.is_set():
+                        # A timed wait, so that stop() is seen within a second.
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake.set()
+            except Exception as exc:  # the poll carries on; listen again shortly
+                log.debug("LISTEN %s failed: %s", NOTIFY_CHANNEL, exc)
+                self._stop.wait(1.0)
 
     def stop(self) -> None:
         """Stop the background thread."""
@@ -136,6 +170,8 @@ class Dispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._listener is not None:
+            self._listener.join(timeout=2)
 
 
 def wait_until_idle(provider: Provider, *, stop: threading.Event, poll: float = 0.1) -> None:

@@ -50,6 +50,7 @@ from tether.providers.base import Dispatcher, Listener, Provider, wait_until_idl
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
+from tether.store.store import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project
@@ -233,6 +234,14 @@ class CeleryProvider(Provider):
 
     # -- the Provider interface ----------------------------------------------------
 
+    def idle(self) -> bool:
+        """True when nothing is queued or running in the store and no run of this process
+        is still being counted."""
+        with self._lock:
+            if self._inflight:
+                return False
+        return super().idle()
+
     def deliver(self, runs: Sequence[tuple[int, str]]) -> None:
         """Publish ``runs`` now, even if published before (duplicates execute nothing)."""
         if not runs:
@@ -277,13 +286,19 @@ class CeleryProvider(Provider):
     def abort(self) -> None:
         """Stop now: runs in flight are released in the store (queued again at the same
         attempt) and their agents' threads abandoned."""
-        self._aborting.set()
-        self._stopping.set()
-        runner = self._runner
-        if runner is None:
-            return
+        # The runs in flight, read before _aborting is set: their tasks return (and leave
+        # _inflight) as soon as they see it.
         with self._lock:
             inflight = list(self._inflight)
+        runner = self._runner
+        self._aborting.set()
+        self._stopping.set()
+        if self._dispatcher is not None:
+            # Stopped before the release: its NOTIFY would otherwise wake this outbox,
+            # which would publish the released runs to this stopping worker.
+            self._dispatcher.stop()
+        if runner is None:
+            return
         if inflight:
             self.stats.released += len(
                 runner.store.release(
@@ -309,6 +324,9 @@ class CeleryProvider(Provider):
             self.project.graph,
             lease_seconds=settings.lease_seconds,
             on_complete=self._recorded,
+            # Downstream runs are published right after the commit that queued them (and
+            # marked dispatched in it); the outbox re-publishes any this misses.
+            publish=self._publish,
         )
         dispatcher = _BrokerDispatcher(
             runner,
@@ -437,16 +455,18 @@ class CeleryProvider(Provider):
             while not done.wait(0.5):
                 if self._aborting.is_set():
                     return  # released in the store by abort(); the agent is abandoned
+            if "error" in result:
+                # The store refused (it is unreachable, say). Nothing is lost: a run never
+                # claimed is still queued and published again after `redispatch_after`; a
+                # claimed one is reaped when its lease expires. Never Celery's retry.
+                log.error("run %s: %s", run_id, result["error"])
+                return
+            self._count(result["outcome"])
         finally:
+            # Counted before it leaves _inflight: idle() is not true while a recorded run
+            # is yet to be counted (an --until-idle worker would stop and miss it).
             with self._lock:
                 self._inflight.discard(run_id)
-        if "error" in result:
-            # The store refused (it is unreachable, say). Nothing is lost: a run never
-            # claimed is still queued and published again after `redispatch_after`; a
-            # claimed one is reaped when its lease expires. Never Celery's retry.
-            log.error("run %s: %s", run_id, result["error"])
-            return
-        self._count(result["outcome"])
 
     def _count(self, outcome: Outcome) -> None:
         if not outcome.executed:
@@ -454,9 +474,10 @@ class CeleryProvider(Provider):
         with self._lock:
             count(self.stats, outcome)
         dispatcher = self._dispatcher
-        if outcome.recorded and outcome.succeeded and dispatcher is not None:
-            # Its triggers queued downstream runs in the same transaction: publish them
-            # now rather than at the end of the poll interval.
+        overflow = len(outcome.dispatched) >= INLINE_DISPATCH
+        if outcome.recorded and outcome.succeeded and overflow and dispatcher is not None:
+            # Its triggers may have queued more downstream runs than are published inline
+            # (a large fan-out): the outbox takes them now rather than after its poll.
             dispatcher.wake()
 
     def _recorded(self, completion: Completion) -> None:

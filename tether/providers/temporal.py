@@ -60,6 +60,7 @@ from tether.providers.temporal_workflows import (
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion, Store
+from tether.store.store import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project
@@ -163,6 +164,9 @@ class TemporalProvider(Provider):
             self.project.graph,
             lease_seconds=settings.lease_seconds,
             on_complete=self._recorded,
+            # Downstream runs start their workflows right after the commit that queued
+            # them, from the activity's thread; the outbox is the safety net.
+            publish=self._publish,
         )
         outcome: dict[str, BaseException] = {}
         finished = threading.Event()
@@ -201,6 +205,11 @@ class TemporalProvider(Provider):
         runner = self._runner
         with self._lock:
             inflight = list(self._inflight)
+        self._stopping.set()
+        if self._dispatcher is not None:
+            # Stopped before the release: its NOTIFY would otherwise wake this outbox,
+            # which would hand the released runs back to this stopping worker.
+            self._dispatcher.stop()
         if runner is not None and inflight:
             self.stats.released += len(
                 runner.store.release(
@@ -214,6 +223,14 @@ class TemporalProvider(Provider):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._cancel_activities)
         self.stop()
+
+    def idle(self) -> bool:
+        """True when nothing is queued or running in the store and no run of this process
+        is still being counted."""
+        with self._lock:
+            if self._inflight:
+                return False
+        return super().idle()
 
     def deliver(self, runs: Sequence[tuple[int, str]]) -> None:
         """Start the workflows of ``runs`` now; one already started counts as delivered."""
@@ -396,19 +413,27 @@ class TemporalProvider(Provider):
             )
         with self._lock:
             self._inflight.add(run_id)
+        outcome: Outcome | None = None
         try:
             outcome = runner(run_id)
         except TetherError as exc:  # the store refused: Temporal retries the activity
             raise ApplicationError(f"run {run_id}: {exc}", type="StoreError") from exc
         finally:
-            with self._lock:
-                self._inflight.discard(run_id)
+            if outcome is None:
+                with self._lock:
+                    self._inflight.discard(run_id)
         result = asdict(outcome)
         if outcome.executed:
             self._count(outcome)
-            if outcome.recorded and outcome.succeeded and self._dispatcher is not None:
-                # Its triggers queued downstream runs in the same transaction: dispatch them
-                # now rather than at the end of the poll interval.
+        # Counted before it leaves _inflight: idle() is not true while a recorded run is
+        # yet to be counted (an --until-idle worker would stop and report it missing).
+        with self._lock:
+            self._inflight.discard(run_id)
+        if outcome.executed:
+            overflow = len(outcome.dispatched) >= INLINE_DISPATCH
+            if outcome.recorded and outcome.succeeded and overflow and self._dispatcher:
+                # Its triggers may have queued more downstream runs than are handed over
+                # inline (a large fan-out): the outbox takes them now, not after its poll.
                 self._dispatcher.wake()
             if not outcome.succeeded:
                 # Recorded: the retry this failure queued. Not recorded: the lease was lost,

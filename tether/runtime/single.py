@@ -4,18 +4,41 @@ The store stays the source of truth on every provider: the run is claimed by id 
 lease (so a duplicate delivery executes nothing), the lease is renewed while the agent
 runs, and the outcome, steps, trigger edges and retry are recorded in one transaction —
 the same :class:`tether.store.Completion` path the local worker uses.
+
+Like the local worker's pump, one process group-commits: every claim and completion its
+threads ask for goes through one committer thread (:class:`GroupCommit`), which takes all
+that arrived while its previous transaction was in flight into the next one. Under load
+that is one synced commit for several runs' claims and records; alone, a request is
+committed at once. A completion's downstream runs are marked dispatched in the same
+transaction and handed to the engine right after the commit (``publish``), so a chain's
+next run does not wait for the outbox, which stays the safety net.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tether.errors import StoreError
 from tether.graph.registry import Graph
+from tether.runtime.context import StepRecorder
 from tether.runtime.execute import Executor
 from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
+from tether.store.engine import WRITE
+from tether.store.store import _is_conflict
+from tether.store.writes import Claim
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[tuple[int, str]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +55,8 @@ class Outcome:
     failure_reason: str | None = None
     retry_at: float | None = None
     """When the retry the store queued becomes due (None: no retry queued)."""
+    dispatched: tuple[tuple[int, str], ...] = ()
+    """``(run id, agent)`` of the downstream runs handed to the engine with this record."""
 
 
 def count(stats: WorkerStats, outcome: Outcome) -> None:
@@ -47,6 +72,148 @@ def count(stats: WorkerStats, outcome: Outcome) -> None:
             stats.retries_queued += 1
 
 
+class GroupCommit:
+    """One committer thread for a process's claims and completions (see the module doc).
+
+    It holds one connection for its whole life (no pool checkout, no ping per
+    transaction) and retries a transaction PostgreSQL aborted as a deadlock. If a batch
+    fails otherwise, each request is tried again alone, so one bad completion (an output
+    the database refuses) fails only its own run.
+    """
+
+    def __init__(self, store: Store, *, worker: str, lease_seconds: float,
+                 inline_dispatch: bool) -> None:
+        self.store = store
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self.inline_dispatch = inline_dispatch
+        self.transactions = 0
+        self._cond = threading.Condition()
+        self._claims: list[tuple[int, Future[Claim | None]]] = []
+        self._done: list[tuple[Completion, Future[tuple[bool, list[tuple[int, str]]]]]] = []
+        self._closed = False
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._loop, name="tether-commit", daemon=True)
+        self._thread.start()
+
+    def claim(self, run_id: int) -> Claim | None:
+        """Claim run ``run_id`` for this worker (None: not claimable)."""
+        fut: Future[Claim | None] = Future()
+        with self._cond:
+            self._check_open()
+            self._claims.append((run_id, fut))
+            self._cond.notify()
+        return fut.result()
+
+    def complete(self, completion: Completion) -> tuple[bool, list[tuple[int, str]]]:
+        """Record ``completion``: (recorded, downstream runs marked dispatched)."""
+        fut: Future[tuple[bool, list[tuple[int, str]]]] = Future()
+        with self._cond:
+            self._check_open()
+            self._done.append((completion, fut))
+            self._cond.notify()
+        return fut.result()
+
+    def close(self) -> None:
+        """Commit what was asked for, then stop the thread and release the connection."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the worker is stopping: no more claims or records")
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._claims or self._done or self._closed):
+                    self._cond.wait()
+                claims, self._claims = self._claims, []
+                done, self._done = self._done, []
+                if not claims and not done:  # closed and drained
+                    break
+            self._commit(claims, done)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _commit(
+        self,
+        claims: list[tuple[int, Future[Claim | None]]],
+        done: list[tuple[Completion, Future[tuple[bool, list[tuple[int, str]]]]]],
+    ) -> None:
+        try:
+            accepted, dispatched, claimed = self._transact(
+                [c for c, _ in done], [r for r, _ in claims]
+            )
+        except BaseException as exc:
+            if len(claims) + len(done) == 1:
+                for _, cfut in claims:
+                    cfut.set_exception(exc)
+                for _, dfut in done:
+                    dfut.set_exception(exc)
+                return
+            for item in claims:  # one at a time: only the culprit fails
+                self._commit([item], [])
+            for one in done:
+                self._commit([], [one])
+            return
+        for run_id, cfut in claims:
+            cfut.set_result(claimed.get(run_id))
+        for c, dfut in done:
+            dfut.set_result((c.run_id in accepted, dispatched.get(c.run_id, [])))
+
+    def _transact(
+        self, completions: list[Completion], run_ids: list[int]
+    ) -> tuple[set[int], dict[int, list[tuple[int, str]]], dict[int, Claim]]:
+        store = self.store
+        for attempt in range(1, 9):
+            try:
+                if self._conn is None:
+                    self._conn = store.engine.connect()
+                    self._conn.execution_options(**{WRITE: True})
+                conn = self._conn
+                with conn.begin():
+                    accepted: set[int] = set()
+                    dispatched: dict[int, list[tuple[int, str]]] = {}
+                    for c in completions:
+                        # One _complete per completion (same transaction): its triggered
+                        # runs are then known per completion, for its outcome.
+                        out: list[tuple[int, str]] | None = [] if self.inline_dispatch else None
+                        accepted.update(store._complete(conn, [c], out))
+                        if out:
+                            dispatched[c.run_id] = out
+                    claimed = (
+                        store._claim_ids(conn, run_ids, worker=self.worker,
+                                         lease_seconds=self.lease_seconds)
+                        if run_ids else {}
+                    )
+                self.transactions += 1
+                return accepted, dispatched, claimed
+            except (OperationalError, DBAPIError) as exc:
+                lost = getattr(exc, "connection_invalidated", False)
+                if lost or self._conn is None or self._conn.invalidated:
+                    self._drop()
+                if attempt < 8 and (lost or _is_conflict(exc)):
+                    time.sleep(0.001 * attempt)
+                    continue
+                raise StoreError(f"store write failed: {exc.orig}") from exc
+            except BaseException:
+                self._drop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken: nothing to release
+                log.debug("closing a broken store connection failed", exc_info=True)
+            self._conn = None
+
+
 class RunOne:
     """Executes single runs by id against one store and graph; thread-safe."""
 
@@ -58,6 +225,7 @@ class RunOne:
         lease_seconds: float = 30.0,
         worker_id: str | None = None,
         on_complete: Callable[[Completion], None] | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.store = store
         self.graph = graph
@@ -65,34 +233,53 @@ class RunOne:
         self.worker_id = worker_id or default_worker_id()
         self.on_complete = on_complete
         """Called (on the executing thread) with every completion the store recorded."""
+        self.publish = publish
+        """Hands the runs a completion's triggers queued to the engine, right after the
+        commit that recorded it. None: the outbox hands them over on its next pass."""
         self._executor = Executor(store, graph)
+        self._commit: GroupCommit | None = None
+        self._held: dict[int, StepRecorder] = {}
+        self._lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def committer(self) -> GroupCommit:
+        """The committer thread, started on first use."""
+        with self._lock:
+            if self._commit is None:
+                self._commit = GroupCommit(
+                    self.store, worker=self.worker_id, lease_seconds=self.lease_seconds,
+                    inline_dispatch=self.publish is not None,
+                )
+                # One heartbeat for every run this process holds, not a thread per run.
+                self._beat = threading.Thread(
+                    target=self._heartbeat, name="tether-beat", daemon=True
+                )
+                self._beat.start()
+            return self._commit
 
     def __call__(self, run_id: int) -> Outcome:
         """Claim run ``run_id``, execute it, record it. Never raises for agent errors."""
-        claim = self.store.claim_run(
-            run_id, worker=self.worker_id, lease_seconds=self.lease_seconds
-        )
+        committer = self.committer
+        claim = committer.claim(run_id)
         if claim is None:
             return Outcome(run_id=run_id, executed=False)
         recorder = self._executor.recorder(claim)
-        done = threading.Event()
-
-        def heartbeat() -> None:
-            while not done.wait(self.lease_seconds / 3):
-                try:
-                    self.store.renew(self.worker_id, [run_id], lease_seconds=self.lease_seconds)
-                    recorder.flush()
-                except Exception:  # keep beating; the completion surfaces a broken store
-                    continue
-
-        beat = threading.Thread(target=heartbeat, name=f"tether-beat-{run_id}", daemon=True)
-        beat.start()
+        with self._lock:
+            self._held[run_id] = recorder
         try:
             completion: Completion = self._executor.run(claim, recorder, worker=self.worker_id)
         finally:
-            done.set()
-            beat.join(timeout=5)
-        recorded = run_id in self.store.complete([completion])
+            with self._lock:
+                self._held.pop(run_id, None)
+        recorded, dispatched = committer.complete(completion)
+        if dispatched and self.publish is not None:
+            try:
+                self.publish(dispatched)
+            except Exception as exc:  # the outbox hands them over after redispatch_after
+                log.warning("handing runs %s to the engine failed (%s); the outbox will "
+                            "retry", [r for r, _ in dispatched], exc)
         if recorded and self.on_complete is not None:
             self.on_complete(completion)
         return Outcome(
@@ -103,7 +290,24 @@ class RunOne:
             failure_class=completion.failure_class,
             failure_reason=completion.failure_reason,
             retry_at=completion.retry_at,
+            dispatched=tuple(dispatched),
         )
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                self.store.renew(self.worker_id, held, lease_seconds=self.lease_seconds)
+            except Exception:  # keep beating; the completion surfaces a broken store
+                continue
+            for recorder in held.values():
+                try:
+                    recorder.flush()
+                except Exception:  # as above
+                    continue
 
     def reap(self, *, followed: bool = False) -> list[int]:
         """Fail runs whose worker was lost (lease expired) and queue their retries
@@ -113,5 +317,12 @@ class RunOne:
         )
 
     def close(self) -> None:
-        """Stop the shared event loop of coroutine agents, if one was started."""
+        """Stop the committer and heartbeat threads and the shared event loop of
+        coroutine agents, if one was started."""
+        self._stop.set()
+        with self._lock:
+            commit, self._commit = self._commit, None
+        if commit is not None:
+            commit.close()
         self._executor.close()
+

@@ -44,6 +44,14 @@ _MISSING: Any = object()
 
 T = TypeVar("T")
 
+INLINE_DISPATCH = 64
+"""At most this many runs that one transaction's triggers queue are handed over inline
+(:meth:`Store._complete` with ``dispatched``); beyond that the outbox's back-pressure
+decides when a large fan-out reaches the engine."""
+
+NOTIFY_CHANNEL = "tether_runs"
+"""The PostgreSQL channel notified when a run becomes due for the outbox to hand over."""
+
 RUN_FIELDS = tuple(runs.c[name] for name in FIELDS["run"])
 """What a run's final outcome is hashed over: returned by every statement that ends a run."""
 
@@ -346,6 +354,12 @@ class Store(StoreReads):
             )
         )
         pk = result.inserted_primary_key
+        if (self.dialect == "postgresql" and dispatched_at is None and reason != "trigger"
+                and (available_at is None or available_at <= now)):
+            # Wakes engine providers' outboxes (LISTEN, see tether.providers.base) at the
+            # commit instead of at their next poll; PostgreSQL folds the notifications of
+            # one transaction into one. Triggered runs are handed over by their worker.
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
         return None if pk is None else int(pk[0])
 
     # -- claiming and leases -------------------------------------------------------
@@ -456,40 +470,66 @@ class Store(StoreReads):
         delivered twice), not yet due, or its task has another run in flight. That makes a
         duplicate delivery harmless: only one delivery ever executes the run.
         """
+        return self._transact(
+            lambda conn: self._claim_ids(
+                conn, [run_id], worker=worker, lease_seconds=lease_seconds, now=now
+            )
+        ).get(run_id)
+
+    def _claim_ids(
+        self,
+        conn: Connection,
+        run_ids: Collection[int],
+        *,
+        worker: str,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> dict[int, Claim]:
+        """:meth:`claim_run` for several ids in one statement (plus one for the task names),
+        inside the caller's transaction: the group commit of engine providers."""
         now = time.time() if now is None else now
         lease = now + lease_seconds
         busy = runs.alias("busy")
-        stmt = (
-            update(runs)
-            .where(
-                runs.c.id == run_id,
-                runs.c.status == "queued",
-                runs.c.available_at <= now,
-                ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
-            )
-            .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
-            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+        claimable = (
+            runs.c.id.in_(list(run_ids)),
+            runs.c.status == "queued",
+            runs.c.available_at <= now,
+            ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
         )
-
-        def body(conn: Connection) -> Claim | None:
-            row = conn.execute(stmt).first()
-            if row is None:
-                return None
-            task = conn.execute(
-                select(tasks.c.agent, tasks.c.key).where(tasks.c.id == row.task_id)
-            ).one()
-            return Claim(
-                run_id=row.id,
-                task_id=row.task_id,
-                agent=task.agent,
-                key=task.key,
-                attempt=row.attempt,
-                reason=row.reason,
-                note=row.note,
+        values = {"status": "running", "worker": worker, "started_at": now,
+                  "lease_expires_at": lease}
+        cols = (runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+        if self.dialect == "postgresql":
+            # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
+            rows = conn.execute(
+                update(runs).where(*claimable, tasks.c.id == runs.c.task_id)
+                .values(**values).returning(*cols, tasks.c.agent, tasks.c.key)
+            ).all()
+            names = {r.task_id: (r.agent, r.key) for r in rows}
+        else:  # SQLite's RETURNING may not name the FROM table
+            rows = conn.execute(update(runs).where(*claimable).values(**values)
+                                .returning(*cols)).all()
+            names = {
+                t.id: (t.agent, t.key)
+                for t in conn.execute(
+                    select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
+                        tasks.c.id.in_({r.task_id for r in rows})
+                    )
+                )
+            } if rows else {}
+        return {
+            r.id: Claim(
+                run_id=r.id,
+                task_id=r.task_id,
+                agent=names[r.task_id][0],
+                key=names[r.task_id][1],
+                attempt=r.attempt,
+                reason=r.reason,
+                note=r.note,
                 lease_expires_at=lease,
             )
-
-        return self._transact(body)
+            for r in rows
+        }
 
     def dispatch_batch(
         self,
@@ -711,7 +751,16 @@ class Store(StoreReads):
             return []
         return self._transact(lambda conn: self._complete(conn, completions))
 
-    def _complete(self, conn: Connection, completions: Sequence[Completion]) -> list[int]:
+    def _complete(
+        self,
+        conn: Connection,
+        completions: Sequence[Completion],
+        dispatched: list[tuple[int, str]] | None = None,
+    ) -> list[int]:
+        """Record ``completions``. With ``dispatched`` (engine providers), the runs their
+        triggers queue are marked dispatched in the same insert and listed there as
+        ``(run id, agent)`` for the caller to hand to its engine right after the commit;
+        the outbox re-dispatches any it then fails to hand over."""
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []
@@ -735,7 +784,7 @@ class Store(StoreReads):
             step_rows.extend((c.run_id, s) for s in c.steps)
             finals.append((c, dict(final._mapping)))
             for edge in c.edges:
-                self._record_edge(conn, c, edge)
+                self._record_edge(conn, c, edge, dispatched)
             if c.retry_at is not None:
                 self._enqueue(
                     conn,
@@ -758,7 +807,13 @@ class Store(StoreReads):
         )
         return accepted
 
-    def _record_edge(self, conn: Connection, c: Completion, edge: Edge) -> None:
+    def _record_edge(
+        self,
+        conn: Connection,
+        c: Completion,
+        edge: Edge,
+        dispatched: list[tuple[int, str]] | None = None,
+    ) -> None:
         downstream, _ = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
         added = conn.execute(
             self._insert_ignore(triggers).values(
@@ -772,21 +827,26 @@ class Store(StoreReads):
         ).first()
         if added is None:
             return
-        if edge.requires == (edge.name,):  # the only trigger it needs: no join to decide
-            self._enqueue(conn, downstream, reason="trigger", now=c.finished_at)
-            return
-        fired = set(
-            conn.execute(
-                select(triggers.c.name)
-                .where(
-                    triggers.c.downstream_task_id == downstream,
-                    triggers.c.name.in_(edge.requires),
-                )
-                .distinct()
-            ).scalars()
+        inline = dispatched is not None and len(dispatched) < INLINE_DISPATCH
+        if edge.requires != (edge.name,):  # a join: queue it once all its triggers fired
+            fired = set(
+                conn.execute(
+                    select(triggers.c.name)
+                    .where(
+                        triggers.c.downstream_task_id == downstream,
+                        triggers.c.name.in_(edge.requires),
+                    )
+                    .distinct()
+                ).scalars()
+            )
+            if not fired >= set(edge.requires):
+                return
+        run_id = self._enqueue(
+            conn, downstream, reason="trigger", now=c.finished_at,
+            dispatched_at=c.finished_at if inline else None,
         )
-        if fired >= set(edge.requires):
-            self._enqueue(conn, downstream, reason="trigger", now=c.finished_at)
+        if inline and run_id is not None and dispatched is not None:
+            dispatched.append((run_id, edge.agent))
 
     # -- operators -----------------------------------------------------------------
 
