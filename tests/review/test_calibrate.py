@@ -69,3 +69,18 @@ def test_dataset_files(tmp_path: Path) -> None:
         read_dataset(bad)
     with pytest.raises(ConfigError, match="cannot read it"):
         read_dataset(tmp_path / "missing.jsonl")
+
+
+def test_evaluation_datasets_are_read_with_their_latest_label(tmp_path: Path) -> None:
+    """The evaluation's format (labels observed over time): each case is scored against
+    the label as it is known now; an unlabelled case is left out."""
+    path = tmp_path / "claims.jsonl"
+    rows = [
+        {"key": "a", "input": {"v": 1}, "labels": [
+            {"value": "approve", "observed_at": "2026-01-01T00:00:00Z"},
+            {"value": "decline", "observed_at": "2026-03-01T00:00:00Z"},
+        ]},
+        {"key": "b", "input": {"v": 2}, "labels": []},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert read_dataset(path) == [Case(key="a", input={"v": 1}, label="decline")]

@@ -97,12 +97,25 @@ class Calibration:
 
 
 def read_dataset(path: Path) -> list[Case]:
-    """Cases from a JSON list or a JSON-lines file: ``{"input": ..., "label": ...}`` each,
-    with an optional ``key``.
+    """Cases from an evaluation dataset (``tether eval``'s JSONL, CSV or Parquet, each case
+    scored against its latest label) or, as a shorthand, a JSON list or JSON-lines file of
+    ``{"input": ..., "label": ...}`` with an optional ``key``.
 
     Raises:
         ConfigError: the file is missing, not JSON, or a case lacks input or label.
+        DatasetError: an evaluation dataset with a bad row (file, line and field).
     """
+    if path.suffix.lower() in (".csv", ".parquet", ".pq") or _has_label_history(path):
+        from tether.evals.loading import read_dataset as read_eval_dataset
+
+        cases = []
+        for case in read_eval_dataset(path).cases:
+            latest = case.latest
+            if latest is not None:  # an unlabelled case cannot be scored
+                cases.append(Case(key=case.key, input=case.input, label=latest.value))
+        if not cases:
+            raise ConfigError(f"--dataset {path}: no labelled cases in it")
+        return cases
     try:
         text = path.read_text()
     except OSError as exc:
@@ -128,6 +141,17 @@ def read_dataset(path: Path) -> list[Case]:
     if not cases:
         raise ConfigError(f"--dataset {path}: no cases in it")
     return cases
+
+
+def _has_label_history(path: Path) -> bool:
+    """Whether a JSON-lines file is in the evaluation's form (``labels``: observations)."""
+    try:
+        with path.open() as f:
+            first = next((line for line in f if line.strip()), "")
+        row = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(row, dict) and "labels" in row
 
 
 def decision(value: Any) -> Any:
