@@ -9,6 +9,7 @@ rate); below it, the run succeeds *waiting for review*: no triggers fire until
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +48,23 @@ class Triage:
         self.store = store
         self.ttl = ttl
         self._seen: dict[str, tuple[float, Bar | None, TriageModel | None]] = {}
+        self._refresh = threading.Lock()
 
     def _lookup(self, agent: str, now: float) -> tuple[Bar | None, TriageModel | None]:
         hit = self._seen.get(agent)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1], hit[2]
+        # One refresh at a time: a worker's run threads all miss together at start; one
+        # reads the bar while the others wait for its answer.
+        with self._refresh:
+            hit = self._seen.get(agent)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1], hit[2]
+            return self._refresh_bar(agent, now, hit)
+
+    def _refresh_bar(
+        self, agent: str, now: float, hit: tuple[float, Bar | None, TriageModel | None] | None
+    ) -> tuple[Bar | None, TriageModel | None]:
         try:
             bar = get_bar(self.store, agent)
             model = None
