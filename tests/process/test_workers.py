@@ -35,11 +35,22 @@ AGENTS = textwrap.dedent(
             fh.write(f"{what} {ctx.run_id} {ctx.key} {ctx.attempt} {os.getpid()}\\n")
 
 
+    def _wait_for_workers(n):
+        # Hold the run until n worker processes have logged a start: a worker that
+        # starts late on a busy machine still gets work, so a pair test can't race.
+        deadline = time.time() + 60
+        while n and time.time() < deadline:
+            with open(LOG) as fh:
+                if len({line.split()[-1] for line in fh}) >= n:
+                    return
+            time.sleep(0.01)
+
     @tether.agent(emits="work.done", retry=FAST)
     def work(ctx):
         with ctx.step("call the slow service", key=f"call-{ctx.key}"):
             # Logged inside the block: by now the keyed step is durably recorded as started.
             _log(ctx, "start")
+            _wait_for_workers(int(os.environ.get("WAIT_FOR_WORKERS", "0")))
             if ctx.attempt == 1:
                 time.sleep(float(os.environ.get("FIRST_ATTEMPT_SLEEP", "0")))
         _log(ctx, "end")
@@ -107,7 +118,8 @@ def test_sigkilled_worker_loses_nothing_and_its_run_is_retried(project: Path) ->
 
 
 def test_two_workers_never_run_the_same_run_twice(project: Path) -> None:
-    env = env_for(project, TEST_LOG=str(project / "log.txt"), FIRST_ATTEMPT_SLEEP="0.003")
+    env = env_for(project, TEST_LOG=str(project / "log.txt"), FIRST_ATTEMPT_SLEEP="0.003",
+                  WAIT_FOR_WORKERS="2")
     n = 120
     # Submitted through the Python API in one process: 120 CLI calls would be slow.
     script = (
