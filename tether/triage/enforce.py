@@ -9,8 +9,10 @@ rate); below it, the run succeeds *waiting for review*: no triggers fire until
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from tether.triage.data import TRIAGE_STEP
 from tether.triage.features import raw_features
 from tether.triage.hold import WAITING_FOR, queue_for_review, sampled_for_rollout
 from tether.triage.models import TriageModel, latest_model, latest_model_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,17 @@ class Triage:
         self.ttl = ttl
         self._seen: dict[str, tuple[float, Bar | None, TriageModel | None]] = {}
         self._refresh = threading.Lock()
+
+    def prefetch(self, agents: Iterable[str]) -> None:
+        """Read these agents' bars and models now (a worker calls this before its first
+        run). A store that cannot answer yet is left for the runs' own lookups."""
+        now = time.time()
+        for name in agents:
+            try:
+                self._lookup(name, now)
+            except Exception:
+                log.warning("could not read the production bar of %s yet", name,
+                            exc_info=True)
 
     def _lookup(self, agent: str, now: float) -> tuple[Bar | None, TriageModel | None]:
         hit = self._seen.get(agent)
