@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from tether import Project, WorkerStats
 from tether.cli import app
+from tether.review.flow import sampled
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import review_queue, reviews
 from tether.triage import set_bar
-from tether.triage.hold import sampled_for_rollout
 from tether.triage.report import report
 from tether.triage.synthetic import seed_reviewed
 from tether.triage.train import train
@@ -119,8 +119,8 @@ def test_cli_train_and_report_json_and_html(
 
 
 def test_rollout_sampling_rate_is_respected_and_reproducible() -> None:
-    picked = [sampled_for_rollout(i, 0.1) for i in range(20000)]
+    picked = [sampled(i, 0.1) for i in range(20000)]
     assert 0.09 < sum(picked) / len(picked) < 0.11
-    assert picked == [sampled_for_rollout(i, 0.1) for i in range(20000)]
-    assert not any(sampled_for_rollout(i, 0.0) for i in range(1000))
-    assert all(sampled_for_rollout(i, 1.0) for i in range(1000))
+    assert picked == [sampled(i, 0.1) for i in range(20000)]
+    assert not any(sampled(i, 0.0) for i in range(1000))
+    assert all(sampled(i, 1.0) for i in range(1000))

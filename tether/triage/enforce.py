@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.graph.agent import Agent
+from tether.review.flow import enqueue, sampled
 from tether.store import Store
 from tether.triage.bars import Bar, get_bar
 from tether.triage.data import TRIAGE_STEP
 from tether.triage.features import raw_features
-from tether.triage.hold import WAITING_FOR, queue_for_review, sampled_for_rollout
+from tether.triage.hold import WAITING_FOR
 from tether.triage.models import TriageModel, latest_model, latest_model_id
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,8 @@ class Triage:
                 "rollout_review": decision.sampled,
             }
         if decision.held or decision.sampled:
-            queue_for_review(
-                self.store, run_id=ctx.run_id, task_id=ctx.task_id, agent=agent.name,
-                source="triage" if decision.held else "rollout", held=decision.held,
-                score=decision.score,
-            )
+            enqueue(self.store, ctx.run_id, source="triage" if decision.held else "rollout",
+                    held=decision.held, score=decision.score)
         return WAITING_FOR if decision.held else None
 
     @staticmethod
@@ -147,4 +145,4 @@ class Triage:
         if score < model.threshold:
             return Decision(True, score, model.threshold, model.id)
         return Decision(False, score, model.threshold, model.id,
-                        sampled=sampled_for_rollout(ctx.run_id, bar.rollout_rate))
+                        sampled=sampled(ctx.run_id, bar.rollout_rate))

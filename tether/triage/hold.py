@@ -21,7 +21,6 @@ from sqlalchemy import Connection, insert, select, update
 from tether.errors import Conflict, NotFound
 from tether.graph.registry import Graph
 from tether.jsonable import to_json
-from tether.review.flow import sampled
 from tether.store import Completion, Store
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import review_queue
@@ -34,37 +33,6 @@ WAITING_FOR = "review"
 """What a held run's task waits for."""
 
 VERDICTS = ("correct", "incorrect", "partial")
-
-
-def queue_for_review(
-    store: Store, *, run_id: int, task_id: int, agent: str, source: str, held: bool,
-    score: float | None, now: float | None = None,
-) -> bool:
-    """Queue a run for review (once per run: a second call is a no-op). ``source`` is
-    ``triage`` (held) or ``rollout`` (sampled, not held). Returns True if queued now."""
-    when = time.time() if now is None else now
-
-    def body(conn: Connection) -> bool:
-        row = conn.execute(
-            store._insert_ignore(review_queue).values(
-                run_id=run_id, task_id=task_id, agent=agent, source=source,
-                score=score, held=1 if held else 0, created_at=when,
-            ).returning(review_queue.c.id)
-        ).first()
-        return row is not None
-
-    return store._transact(body)
-
-
-def sampled_for_rollout(run_id: int, rate: float) -> bool:
-    """Whether an automated run is sampled for rollout review at the bar's ``rate``.
-
-    The review flow's one sampling rule (:func:`tether.review.flow.sampled`, a hash of the
-    run id: reproducible, independent of the score, so the sampled runs are an unbiased
-    sample of the automated share). Sharing it means an agent's own ``review_rate`` and
-    the bar's rollout rate together sample at the larger of the two, never their sum.
-    """
-    return sampled(run_id, rate)
 
 
 @dataclass(frozen=True, slots=True)
