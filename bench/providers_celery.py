@@ -64,22 +64,31 @@ console = Console() if sys.stdout.isatty() else Console(width=130)
 
 AGENTS = textwrap.dedent(
     """
+    import os
+    import time
+
     import tether
+
+    # --work-ms: each agent waits this long, as on a tool or model call (0: no-op).
+    WORK = float(os.environ.get("BENCH_WORK_MS", "0")) / 1e3
 
 
     @tether.agent(emits="a.done")
     def a(ctx):
-        return None
+        if WORK:
+            time.sleep(WORK)
 
 
     @tether.agent(subscribes="a.done", emits="b.done")
     def b(ctx):
-        return None
+        if WORK:
+            time.sleep(WORK)
 
 
     @tether.agent(subscribes="b.done")
     def c(ctx):
-        return None
+        if WORK:
+            time.sleep(WORK)
     """
 )
 
@@ -181,7 +190,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 # -- plain Celery ------------------------------------------------------------------------
 
 
-def plain_app(broker: str, queue: str, pg_url: str | None = None) -> Any:
+def plain_app(broker: str, queue: str, pg_url: str | None = None, work: float = 0.0) -> Any:
     """Tasks a -> b -> c written directly against Celery, with the provider's settings.
 
     With ``pg_url`` each task first records its result durably — one committed INSERT
@@ -197,6 +206,8 @@ def plain_app(broker: str, queue: str, pg_url: str | None = None) -> Any:
                   "VALUES (:chain, :agent, NULL, :at)")
 
     def durable(chain: int, agent: str) -> None:
+        if work:
+            time.sleep(work)  # the agent's own work, as in the Tether agents
         if engine is not None:
             with engine.begin() as conn:
                 conn.execute(record, {"chain": chain, "agent": agent, "at": time.time()})
@@ -219,9 +230,10 @@ def plain_app(broker: str, queue: str, pg_url: str | None = None) -> Any:
     return app
 
 
-def plain_worker(broker: str, queue: str, concurrency: int, pg_url: str = "") -> None:
+def plain_worker(broker: str, queue: str, concurrency: int, pg_url: str = "",
+                 work_ms: str = "0") -> None:
     """A plain `celery worker` process (thread pool) for the tasks above."""
-    app = plain_app(broker, queue, pg_url or None)
+    app = plain_app(broker, queue, pg_url or None, float(work_ms) / 1e3)
     app.worker_main([
         "worker", "--pool=threads", f"--concurrency={concurrency}", f"--queues={queue}",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
@@ -232,9 +244,11 @@ class PlainCelery:
     """Drives plain Celery worker processes (``pg_url``: each task records its result in
     PostgreSQL)."""
 
-    def __init__(self, broker: str, concurrency: int, pg_url: str | None = None) -> None:
+    def __init__(self, broker: str, concurrency: int, pg_url: str | None = None,
+                 work_ms: float = 0.0) -> None:
         import redis as redis_lib
 
+        self.work_ms = work_ms
         self.system = "celery+pg" if pg_url else "celery"
         self.broker = broker
         self.concurrency = concurrency
@@ -263,7 +277,7 @@ class PlainCelery:
         self.procs = [
             subprocess.Popen(
                 [sys.executable, __file__, "plain-worker", self.broker, self.queue,
-                 str(self.concurrency), self.pg_url or ""],
+                 str(self.concurrency), self.pg_url or "", str(self.work_ms)],
                 stdout=subprocess.DEVNULL,
                 # Celery warns that the worker runs as root (as on this bench machine).
                 env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -338,8 +352,9 @@ class TetherWorkers:
     """Drives `tether worker --provider PROVIDER` processes on a PostgreSQL store."""
 
     def __init__(self, provider: str, broker: str, pg_url: str, concurrency: int,
-                 folder: Path) -> None:
+                 folder: Path, work_ms: float = 0.0) -> None:
         self.provider = provider
+        self.work_ms = work_ms
         self.system = "tether" if provider == "celery" else f"tether-{provider}"
         self.broker = broker
         self.pg_url = pg_url
@@ -363,7 +378,7 @@ class TetherWorkers:
             TETHER_PROJECT_DIR=str(self.folder), TETHER_DATABASE_URL=self.pg_url,
             TETHER_BROKER_URL=self.broker, TETHER_TASK_QUEUE=self.queue,
             TETHER_PROVIDER=self.provider, TETHER_CONCURRENCY=str(self.concurrency),
-            TETHER_POLL_INTERVAL=str(poll),
+            TETHER_POLL_INTERVAL=str(poll), BENCH_WORK_MS=str(self.work_ms),
         )
         # Their stderr ("stopping: ..." when stopped) goes to a file, kept for failures.
         with (self.folder / f"workers-{self.system}.log").open("ab") as log:
@@ -403,8 +418,8 @@ class TetherWorkers:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT t.key, r.finished_at FROM runs r JOIN tasks t ON t.id = r.task_id "
-                    "WHERE t.agent = 'c' AND r.status = 'succeeded' AND t.key = ANY(:keys)"
+                    "SELECT t.key, r.finished_at FROM tasks t JOIN runs r ON r.task_id = t.id "
+                    "WHERE t.agent = 'c' AND t.key = ANY(:keys) AND r.status = 'succeeded'"
                 ),
                 {"keys": list(keys)},
             ).all()
@@ -414,13 +429,15 @@ class TetherWorkers:
         start = time.time()
         submitted = dict(self._submit() for _ in range(n))
         deadline = time.monotonic() + 120
-        while True:
-            finished = self._finished(list(submitted))
-            if len(finished) == n:
-                break
+        finished: dict[str, float] = {}
+        while len(finished) < n:
+            # The times come from the store (finished_at), so how often this looks does
+            # not change them; it looks rarely, and only for the chains still running,
+            # so that the bench's own queries cost the database little.
+            time.sleep(0.1)
+            finished |= self._finished([k for k in submitted if k not in finished])
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tether: {n - len(finished)} chains unfinished after 120 s")
-            time.sleep(0.02)
         return max(finished.values()) - start, [finished[k] - submitted[k] for k in submitted]
 
     def latency(self, n: int) -> list[float]:
@@ -517,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="which systems to run (comma-separated)")
     parser.add_argument("--latency-polls", default="0.2,0.02",
                         help="Tether outbox poll intervals for the latency runs")
+    parser.add_argument("--work-ms", type=float, default=0.0,
+                        help="each agent (and plain task) sleeps this long, as on an I/O "
+                             "call; 0 (the default) measures the harness alone")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -527,10 +547,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     began = time.time()
     folder = Path(tempfile.mkdtemp(prefix="bench-celery-"))
-    plain = PlainCelery(args.broker, args.concurrency)
-    plain_pg = PlainCelery(args.broker, args.concurrency, pg_url)
-    harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder)
-    local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder)
+    work = args.work_ms
+    plain = PlainCelery(args.broker, args.concurrency, work_ms=work)
+    plain_pg = PlainCelery(args.broker, args.concurrency, pg_url, work_ms=work)
+    harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder, work)
+    local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder, work)
     chosen = args.systems.split(",")
     systems = [s for s in (plain, plain_pg, harness, local) if s.system in chosen]
     polls = [float(p) for p in args.latency_polls.split(",") if p]
@@ -598,7 +619,8 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
                if any(r.system == s for r in results)]
     label = {"celery": "plain Celery", "celery+pg": "plain Celery + PG results",
              "tether": "Tether on Celery", "tether-local": "Tether local worker"}
-    table = Table(title=f"Throughput, runs/s (chain a -> b -> c, no-op work, Redis broker, "
+    work = f"{args.work_ms:g} ms of I/O per agent" if args.work_ms else "no-op work"
+    table = Table(title=f"Throughput, runs/s (chain a -> b -> c, {work}, Redis broker, "
                         f"PostgreSQL store, {args.concurrency} threads per process)")
     table.add_column("processes", justify="right")
     for system in systems:
@@ -647,6 +669,6 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "plain-worker":
-        plain_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
+        plain_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:7])
         sys.exit(0)
     sys.exit(main())

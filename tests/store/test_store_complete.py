@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from tether import StoreError, TaskStatus
+from tether.errors import NotFound
 from tether.store import (
     Claim,
     Completion,
     Edge,
     FailureClass,
+    Follow,
     RunStatus,
     StepWrite,
     Store,
@@ -339,3 +341,102 @@ def test_upstream_outputs_give_the_newest_firing_of_each_trigger(store: Store) -
         first.run_id,
         second.run_id,
     ]
+
+
+# -- following a chain on the worker that recorded it (the Celery provider) --------------
+
+
+def _follow(store: Store, completions: list[Completion], *, agents: set[str],
+            wanted: set[int] | None = None) -> tuple[list[int], list[tuple[int, str]], Follow]:
+    follow = Follow(worker="w1", lease_seconds=30.0, agents=frozenset(agents),
+                    wanted={c.run_id for c in completions} if wanted is None else wanted)
+    dispatched: dict[int, list[tuple[int, str]]] = {}
+    with store._write() as conn:
+        accepted = store._complete(conn, completions, dispatched, follow=follow)
+    return accepted, [r for c in completions for r in dispatched.get(c.run_id, [])], follow
+
+
+def _edge(agent: str, key: str, name: str = "done", requires: tuple[str, ...] = ()) -> Edge:
+    return Edge(name=name, agent=agent, key=key, requires=requires or (name,))
+
+
+def test_a_followed_completion_claims_its_new_downstream_run_for_the_same_worker(
+    store: Store,
+) -> None:
+    claim = _claim(store, "a", "k")
+    done = _done(claim, edges=(_edge("b", "k"),))
+
+    accepted, dispatched, follow = _follow(store, [done], agents={"a", "b"})
+
+    assert accepted == [claim.run_id]
+    assert dispatched == []  # claimed, so not handed to the engine
+    nxt = follow.claims[claim.run_id]
+    assert (nxt.agent, nxt.key, nxt.attempt, nxt.reason) == ("b", "k", 1, "trigger")
+    run = store.get_run(nxt.run_id)
+    assert (run.status, run.worker) == (RunStatus.RUNNING, "w1")
+    assert run.lease_expires_at == pytest.approx(nxt.lease_expires_at)
+    assert run.started_at is not None and run.lease_expires_at > run.started_at
+    # Nobody else can claim it, and it completes like any claimed run, edges and all.
+    assert store.claim("w2", limit=5, lease_seconds=30) == []
+    assert store.complete([_done(nxt, finished_at=120.0)]) == [nxt.run_id]
+    assert store.get_task("b/k").status == TaskStatus.SUCCEEDED
+    [edge] = store.triggers_out(claim.task_id)
+    assert edge.downstream_task_id == nxt.task_id == store.get_task("b/k").id
+
+
+def test_only_new_tasks_of_known_agents_are_followed_and_only_one_per_completion(
+    store: Store,
+) -> None:
+    claim = _claim(store, "a", "k")
+    store.submit("c", "old", now=105.0)  # exists already, with a queued run
+    done = _done(claim, edges=(
+        _edge("b", "k"), _edge("b", "k2"), _edge("c", "old"), _edge("x", "k"),
+    ))
+
+    _, dispatched, follow = _follow(store, [done], agents={"a", "b", "c"})
+
+    nxt = follow.claims[claim.run_id]
+    assert (nxt.agent, nxt.key) == ("b", "k")
+    assert store.get_run(nxt.run_id).status == RunStatus.RUNNING
+    # The second new task of b and the agent this worker lacks are queued and handed over;
+    # c/old already had a queued run, which will see the newest state: nothing new.
+    handed = {(store.get_task(store.get_run(r).task_id).key, agent) for r, agent in dispatched}
+    assert handed == {("k2", "b"), ("k", "x")}
+    for run_id, _ in dispatched:
+        assert store.get_run(run_id).status == RunStatus.QUEUED
+    assert [r.status for r in store.runs_of(store.get_task("c/old").id)] == [RunStatus.QUEUED]
+
+
+def test_a_completion_not_asked_to_follow_queues_its_downstream_run(store: Store) -> None:
+    claim = _claim(store, "a", "k")
+    done = _done(claim, edges=(_edge("b", "k"),))
+
+    _, dispatched, follow = _follow(store, [done], agents={"a", "b"}, wanted=set())
+
+    assert follow.claims == {}
+    [(run_id, agent)] = dispatched
+    assert agent == "b" and store.get_run(run_id).status == RunStatus.QUEUED
+
+
+def test_a_join_is_not_followed_its_last_trigger_queues_it(store: Store) -> None:
+    first, second = _claim(store, "a", "k"), _claim(store, "b", "k")
+    both = ("a.done", "b.done")
+    _, _, follow1 = _follow(store, [_done(first, edges=(_edge("j", "k", "a.done", both),))],
+                            agents={"a", "b", "j"})
+    _, dispatched, follow2 = _follow(
+        store, [_done(second, edges=(_edge("j", "k", "b.done", both),))], agents={"a", "b", "j"})
+
+    assert follow1.claims == {} and follow2.claims == {}
+    [(run_id, agent)] = dispatched
+    assert agent == "j" and store.get_run(run_id).status == RunStatus.QUEUED
+
+
+def test_a_discarded_completion_follows_nothing(store: Store) -> None:
+    claim = _claim(store, "a", "k")
+    stale = _done(claim, worker="w-lost", edges=(_edge("b", "k"),))
+
+    accepted, dispatched, follow = _follow(store, [stale], agents={"a", "b"})
+
+    assert (accepted, dispatched, follow.claims) == ([], [], {})
+    with pytest.raises(NotFound):
+        store.get_task("b/k")

@@ -288,9 +288,11 @@ class CeleryProvider(Provider):
         attempt) and their agents' threads abandoned."""
         # The runs in flight, read before _aborting is set: their tasks return (and leave
         # _inflight) as soon as they see it.
+        runner = self._runner
         with self._lock:
             inflight = list(self._inflight)
-        runner = self._runner
+        if runner is not None:  # and the runs their chains have claimed since
+            inflight = sorted({*inflight, *runner.held()})
         self._aborting.set()
         self._stopping.set()
         if self._dispatcher is not None:
@@ -416,6 +418,11 @@ class CeleryProvider(Provider):
             with contextlib.suppress(Exception):  # closed already: nothing to wake
                 hub.call_soon(_noop)
 
+    def _serving(self) -> bool:
+        """True until the worker is asked to stop: until then a recorded run's chain goes
+        on on its thread."""
+        return not self._stopping.is_set()
+
     def _stop_when_idle(self) -> None:
         wait_until_idle(self, stop=self._stopping, poll=self.settings.poll_interval)
         self.stop()
@@ -444,7 +451,10 @@ class CeleryProvider(Provider):
 
         def target() -> None:
             try:
-                result["outcome"] = runner(run_id)
+                # The chain this run starts, hop by hop on this thread while the worker
+                # serves (RunOne.follow): each outcome is counted as it is recorded.
+                for outcome in runner.follow(run_id, go_on=self._serving):
+                    self._count(outcome)
             except BaseException as exc:
                 result["error"] = exc
             finally:
@@ -460,8 +470,6 @@ class CeleryProvider(Provider):
                 # claimed is still queued and published again after `redispatch_after`; a
                 # claimed one is reaped when its lease expires. Never Celery's retry.
                 log.error("run %s: %s", run_id, result["error"])
-                return
-            self._count(result["outcome"])
         finally:
             # Counted before it leaves _inflight: idle() is not true while a recorded run
             # is yet to be counted (an --until-idle worker would stop and miss it).

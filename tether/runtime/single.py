@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -34,7 +34,7 @@ from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
 from tether.store.engine import WRITE
 from tether.store.store import _is_conflict
-from tether.store.writes import Claim
+from tether.store.writes import Claim, Follow
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,21 @@ class Outcome:
     """When the retry the store queued becomes due (None: no retry queued)."""
     dispatched: tuple[tuple[int, str], ...] = ()
     """``(run id, agent)`` of the downstream runs handed to the engine with this record."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the committer did with one completion."""
+
+    recorded: bool
+    """False when the lease was lost and the completion was discarded."""
+    dispatched: list[tuple[int, str]]
+    """Downstream runs marked dispatched, for the engine to be handed right away."""
+    follow: Claim | None = None
+    """A downstream run claimed for this worker, to execute next on the same thread."""
+
+
+_Done = tuple[Completion, bool, "Future[Recorded]"]
 
 
 def count(stats: WorkerStats, outcome: Outcome) -> None:
@@ -82,15 +97,17 @@ class GroupCommit:
     """
 
     def __init__(self, store: Store, *, worker: str, lease_seconds: float,
-                 inline_dispatch: bool) -> None:
+                 inline_dispatch: bool, agents: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.worker = worker
         self.lease_seconds = lease_seconds
+        self.agents = agents
+        """The agents whose runs a followed completion may claim (this worker's graph)."""
         self.inline_dispatch = inline_dispatch
         self.transactions = 0
         self._cond = threading.Condition()
         self._claims: list[tuple[int, Future[Claim | None]]] = []
-        self._done: list[tuple[Completion, Future[tuple[bool, list[tuple[int, str]]]]]] = []
+        self._done: list[_Done] = []
         self._closed = False
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="tether-commit", daemon=True)
@@ -105,12 +122,13 @@ class GroupCommit:
             self._cond.notify()
         return fut.result()
 
-    def complete(self, completion: Completion) -> tuple[bool, list[tuple[int, str]]]:
-        """Record ``completion``: (recorded, downstream runs marked dispatched)."""
-        fut: Future[tuple[bool, list[tuple[int, str]]]] = Future()
+    def complete(self, completion: Completion, *, follow: bool = False) -> Recorded:
+        """Record ``completion``; with ``follow``, also claim for this worker the first run
+        its triggers queue for a new task (see :class:`~tether.store.writes.Follow`)."""
+        fut: Future[Recorded] = Future()
         with self._cond:
             self._check_open()
-            self._done.append((completion, fut))
+            self._done.append((completion, follow, fut))
             self._cond.notify()
         return fut.result()
 
@@ -142,17 +160,18 @@ class GroupCommit:
     def _commit(
         self,
         claims: list[tuple[int, Future[Claim | None]]],
-        done: list[tuple[Completion, Future[tuple[bool, list[tuple[int, str]]]]]],
+        done: list[_Done],
     ) -> None:
         try:
-            accepted, dispatched, claimed = self._transact(
-                [c for c, _ in done], [r for r, _ in claims]
+            accepted, dispatched, claimed, follow = self._transact(
+                [c for c, _, _ in done], {c.run_id for c, f, _ in done if f},
+                [r for r, _ in claims],
             )
         except BaseException as exc:
             if len(claims) + len(done) == 1:
                 for _, cfut in claims:
                     cfut.set_exception(exc)
-                for _, dfut in done:
+                for _, _, dfut in done:
                     dfut.set_exception(exc)
                 return
             for item in claims:  # one at a time: only the culprit fails
@@ -162,12 +181,13 @@ class GroupCommit:
             return
         for run_id, cfut in claims:
             cfut.set_result(claimed.get(run_id))
-        for c, dfut in done:
-            dfut.set_result((c.run_id in accepted, dispatched.get(c.run_id, [])))
+        for c, _, dfut in done:
+            dfut.set_result(Recorded(c.run_id in accepted, dispatched.get(c.run_id, []),
+                                     follow.get(c.run_id)))
 
     def _transact(
-        self, completions: list[Completion], run_ids: list[int]
-    ) -> tuple[set[int], dict[int, list[tuple[int, str]]], dict[int, Claim]]:
+        self, completions: list[Completion], wanted: set[int], run_ids: list[int]
+    ) -> tuple[set[int], dict[int, list[tuple[int, str]]], dict[int, Claim], dict[int, Claim]]:
         store = self.store
         for attempt in range(1, 9):
             try:
@@ -175,23 +195,20 @@ class GroupCommit:
                     self._conn = store.engine.connect()
                     self._conn.execution_options(**{WRITE: True})
                 conn = self._conn
+                follow = Follow(self.worker, self.lease_seconds, self.agents, wanted)
                 with conn.begin():
-                    accepted: set[int] = set()
                     dispatched: dict[int, list[tuple[int, str]]] = {}
-                    for c in completions:
-                        # One _complete per completion (same transaction): its triggered
-                        # runs are then known per completion, for its outcome.
-                        out: list[tuple[int, str]] | None = [] if self.inline_dispatch else None
-                        accepted.update(store._complete(conn, [c], out))
-                        if out:
-                            dispatched[c.run_id] = out
+                    accepted = set(store._complete(
+                        conn, completions, dispatched if self.inline_dispatch else None,
+                        follow=follow,
+                    )) if completions else set()
                     claimed = (
                         store._claim_ids(conn, run_ids, worker=self.worker,
                                          lease_seconds=self.lease_seconds)
                         if run_ids else {}
                     )
                 self.transactions += 1
-                return accepted, dispatched, claimed
+                return accepted, dispatched, claimed, follow.claims
             except (OperationalError, DBAPIError) as exc:
                 lost = getattr(exc, "connection_invalidated", False)
                 if lost or self._conn is None or self._conn.invalidated:
@@ -251,6 +268,7 @@ class RunOne:
                 self._commit = GroupCommit(
                     self.store, worker=self.worker_id, lease_seconds=self.lease_seconds,
                     inline_dispatch=self.publish is not None,
+                    agents=frozenset(self.graph.agents),
                 )
                 # One heartbeat for every run this process holds, not a thread per run.
                 self._beat = threading.Thread(
@@ -261,37 +279,71 @@ class RunOne:
 
     def __call__(self, run_id: int) -> Outcome:
         """Claim run ``run_id``, execute it, record it. Never raises for agent errors."""
-        committer = self.committer
-        claim = committer.claim(run_id)
+        claim = self.committer.claim(run_id)
         if claim is None:
             return Outcome(run_id=run_id, executed=False)
-        recorder = self._executor.recorder(claim)
+        return self._execute(claim, follow=False)[0]
+
+    def follow(self, run_id: int, *, go_on: Callable[[], bool] = lambda: True
+               ) -> Iterator[Outcome]:
+        """Execute run ``run_id`` as :meth:`__call__` does, then, while ``go_on()``, the
+        downstream run each completion claimed for this worker in its own transaction,
+        yielding every outcome.
+
+        A chain ``a -> b -> c`` then takes one engine message and one claim, not three:
+        ``b`` is inserted already claimed by this worker when ``a`` is recorded (only a run
+        of a task that transaction created; others are queued and handed over as usual).
+        Once ``go_on()`` is false no further run is claimed this way, and the run already
+        claimed is still executed and recorded.
+        """
+        claim = self.committer.claim(run_id)
+        if claim is None:
+            yield Outcome(run_id=run_id, executed=False)
+            return
+        while claim is not None:
+            outcome, claim = self._execute(claim, follow=go_on())
+            yield outcome
+
+    def held(self) -> list[int]:
+        """The runs this process is executing now (claimed, not yet recorded)."""
         with self._lock:
-            self._held[run_id] = recorder
+            return list(self._held)
+
+    def _execute(self, claim: Claim, *, follow: bool) -> tuple[Outcome, Claim | None]:
+        run_id = claim.run_id
+        with self._lock:
+            recorder = self._held.get(run_id)  # a followed run is held since its claim
+            if recorder is None:
+                recorder = self._held[run_id] = self._executor.recorder(claim)
         try:
             completion: Completion = self._executor.run(claim, recorder, worker=self.worker_id)
         finally:
             with self._lock:
                 self._held.pop(run_id, None)
-        recorded, dispatched = committer.complete(completion)
-        if dispatched and self.publish is not None:
+        done = self.committer.complete(completion, follow=follow)
+        if done.follow is not None:
+            # Held from now on: the heartbeat renews its lease while it waits its turn.
+            with self._lock:
+                self._held[done.follow.run_id] = self._executor.recorder(done.follow)
+        if done.dispatched and self.publish is not None:
             try:
-                self.publish(dispatched)
+                self.publish(done.dispatched)
             except Exception as exc:  # the outbox hands them over after redispatch_after
                 log.warning("handing runs %s to the engine failed (%s); the outbox will "
-                            "retry", [r for r, _ in dispatched], exc)
-        if recorded and self.on_complete is not None:
+                            "retry", [r for r, _ in done.dispatched], exc)
+        if done.recorded and self.on_complete is not None:
             self.on_complete(completion)
-        return Outcome(
+        outcome = Outcome(
             run_id=run_id,
             executed=True,
             succeeded=completion.succeeded,
-            recorded=recorded,
+            recorded=done.recorded,
             failure_class=completion.failure_class,
             failure_reason=completion.failure_reason,
             retry_at=completion.retry_at,
-            dispatched=tuple(dispatched),
+            dispatched=tuple(done.dispatched),
         )
+        return outcome, done.follow
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):

@@ -12,13 +12,22 @@ from tether.store.records import (
     Trigger,
 )
 from tether.store.store import PostgresStore, SQLiteStore, Store
-from tether.store.writes import Claim, Completion, Edge, Pending, StepWrite, Submission
+from tether.store.writes import (
+    Claim,
+    Completion,
+    Edge,
+    Follow,
+    Pending,
+    StepWrite,
+    Submission,
+)
 
 __all__ = [
     "Claim",
     "Completion",
     "Edge",
     "FailureClass",
+    "Follow",
     "Pending",
     "PostgresStore",
     "Run",

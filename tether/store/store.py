@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -38,7 +39,15 @@ from tether.store.ledger import FIELDS, GENESIS, chain, digest, ref_of
 from tether.store.reads import StoreReads
 from tether.store.records import OperatorAction, TaskStatus
 from tether.store.schema import ledger, operator_actions, runs, steps, task_inputs, tasks, triggers
-from tether.store.writes import Claim, Completion, Edge, Pending, StepWrite, Submission
+from tether.store.writes import (
+    Claim,
+    Completion,
+    Edge,
+    Follow,
+    Pending,
+    StepWrite,
+    Submission,
+)
 
 _MISSING: Any = object()
 
@@ -63,6 +72,10 @@ class Store(StoreReads):
     """Tasks, runs, steps and triggers in a SQL database. Open one with :meth:`open`."""
 
     dialect = ""
+    _new_task: Any
+    """INSERT a task unless (agent, key) exists, RETURNING its id (dialect's own form)."""
+    _new_trigger: Any
+    """INSERT a trigger edge unless recorded already, RETURNING its id."""
 
     def __init__(self, engine: Engine, *, url: str) -> None:
         self.engine = engine
@@ -139,23 +152,7 @@ class Store(StoreReads):
         """`_append` for many tasks at once: one query for the tips, one insert."""
         if not batches:
             return
-        ids = sorted({t for t, _, _ in batches})
-        for t in ids:
-            self._lock_task(conn, t)
-        last = (
-            select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
-            .where(ledger.c.task_id.in_(ids))
-            .group_by(ledger.c.task_id)
-            .subquery()
-        )
-        tips = {
-            r.task_id: (r.seq, r.hash)
-            for r in conn.execute(
-                select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
-                    last, and_(ledger.c.task_id == last.c.task_id, ledger.c.seq == last.c.seq)
-                )
-            )
-        }
+        tips = self._lock_tips(conn, sorted({t for t, _, _ in batches}))
         rows = []
         for task_id, entries, now in batches:
             seq, prev = tips.get(task_id, (0, GENESIS))
@@ -174,7 +171,7 @@ class Store(StoreReads):
                 prev = entry_hash
             tips[task_id] = (seq, prev)
         if rows:
-            conn.execute(insert(ledger), rows)
+            conn.execute(_NEW_ENTRIES, rows)
 
     def _append(
         self, conn: Connection, task_id: int, entries: Sequence[tuple[str, Mapping[str, Any]]],
@@ -219,6 +216,26 @@ class Store(StoreReads):
 
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         """Hold the task's row until commit, so concurrent joins decide one at a time."""
+
+    def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """Lock the tasks ``ids`` (one appender per chain at a time) and read the tip
+        ``(seq, hash)`` of each one's chain (absent: the chain is empty)."""
+        for t in ids:
+            self._lock_task(conn, t)
+        last = (
+            select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
+            .where(ledger.c.task_id.in_(ids))
+            .group_by(ledger.c.task_id)
+            .subquery()
+        )
+        return {
+            r.task_id: (r.seq, r.hash)
+            for r in conn.execute(
+                select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
+                    last, and_(ledger.c.task_id == last.c.task_id, ledger.c.seq == last.c.seq)
+                )
+            )
+        }
 
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None
@@ -285,13 +302,12 @@ class Store(StoreReads):
     def _upsert_task(
         self, conn: Connection, agent: str, key: str, now: float
     ) -> tuple[int, bool]:
-        stmt = self._insert_ignore(tasks).values(agent=agent, key=key, created_at=now)
-        new = conn.execute(stmt.returning(tasks.c.id)).scalar()
+        new = conn.execute(
+            self._new_task, {"agent": agent, "key": key, "created_at": now}
+        ).scalar()
         if new is not None:
             return new, True  # a row this transaction inserted is locked by it already
-        found = conn.execute(
-            select(tasks.c.id).where(tasks.c.agent == agent, tasks.c.key == key)
-        ).scalar_one()
+        found = conn.execute(_TASK_ID, {"b_agent": agent, "b_key": key}).scalar_one()
         self._lock_task(conn, found)
         return found, False
 
@@ -327,40 +343,46 @@ class Store(StoreReads):
         available_at: float | None = None,
         note: str | None = None,
         dispatched_at: float | None = None,
+        fresh: bool = False,
     ) -> int | None:
         """Queue a run unless one is already queued (it will see the newest state) or an
-        operator cancelled the task (only an operator's retry lifts that)."""
-        self._lock_task(conn, task_id)
-        cancelled = conn.execute(
-            select(tasks.c.cancelled_at).where(tasks.c.id == task_id)
-        ).scalar()
-        if cancelled is not None and reason != "operator":
-            return None
-        queued = conn.execute(
-            select(runs.c.id).where(runs.c.task_id == task_id, runs.c.status == "queued")
-        ).first()
-        if queued is not None:
-            return None
-        result = conn.execute(
-            insert(runs).values(
-                task_id=task_id,
-                attempt=attempt,
-                reason=reason,
-                note=note,
-                status="queued",
-                created_at=now,
-                available_at=now if available_at is None else available_at,
-                dispatched_at=dispatched_at,
-            )
-        )
-        pk = result.inserted_primary_key
+        operator cancelled the task (only an operator's retry lifts that).
+
+        ``fresh``: this transaction created the task, so it is locked already, has no run
+        and cannot have been cancelled: the three checks are skipped.
+        """
+        if not fresh:
+            self._lock_task(conn, task_id)
+            cancelled = conn.execute(
+                select(tasks.c.cancelled_at).where(tasks.c.id == task_id)
+            ).scalar()
+            if cancelled is not None and reason != "operator":
+                return None
+            queued = conn.execute(
+                select(runs.c.id).where(runs.c.task_id == task_id, runs.c.status == "queued")
+            ).first()
+            if queued is not None:
+                return None
+        run_id: int = conn.execute(
+            _NEW_RUN,
+            {
+                "task_id": task_id,
+                "attempt": attempt,
+                "reason": reason,
+                "note": note,
+                "status": "queued",
+                "created_at": now,
+                "available_at": now if available_at is None else available_at,
+                "dispatched_at": dispatched_at,
+            },
+        ).scalar_one()
         if (self.dialect == "postgresql" and dispatched_at is None and reason != "trigger"
                 and (available_at is None or available_at <= now)):
             # Wakes engine providers' outboxes (LISTEN, see tether.providers.base) at the
             # commit instead of at their next poll; PostgreSQL folds the notifications of
             # one transaction into one. Triggered runs are handed over by their worker.
-            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
-        return None if pk is None else int(pk[0])
+            conn.execute(_NOTIFY)
+        return run_id
 
     # -- claiming and leases -------------------------------------------------------
 
@@ -489,33 +511,16 @@ class Store(StoreReads):
         inside the caller's transaction: the group commit of engine providers."""
         now = time.time() if now is None else now
         lease = now + lease_seconds
-        busy = runs.alias("busy")
-        claimable = (
-            runs.c.id.in_(list(run_ids)),
-            runs.c.status == "queued",
-            runs.c.available_at <= now,
-            ~exists().where(busy.c.task_id == runs.c.task_id, busy.c.status == "running"),
-        )
-        values = {"status": "running", "worker": worker, "started_at": now,
+        params = {"ids": list(run_ids), "b_now": now, "worker": worker, "started_at": now,
                   "lease_expires_at": lease}
-        cols = (runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
         if self.dialect == "postgresql":
-            # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
-            rows = conn.execute(
-                update(runs).where(*claimable, tasks.c.id == runs.c.task_id)
-                .values(**values).returning(*cols, tasks.c.agent, tasks.c.key)
-            ).all()
+            rows = conn.execute(_PG_CLAIM_IDS, params).all()
             names = {r.task_id: (r.agent, r.key) for r in rows}
         else:  # SQLite's RETURNING may not name the FROM table
-            rows = conn.execute(update(runs).where(*claimable).values(**values)
-                                .returning(*cols)).all()
+            rows = conn.execute(_CLAIM_IDS, params).all()
             names = {
                 t.id: (t.agent, t.key)
-                for t in conn.execute(
-                    select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
-                        tasks.c.id.in_({r.task_id for r in rows})
-                    )
-                )
+                for t in conn.execute(_TASK_NAMES, {"ids": [r.task_id for r in rows]})
             } if rows else {}
         return {
             r.id: Claim(
@@ -755,12 +760,17 @@ class Store(StoreReads):
         self,
         conn: Connection,
         completions: Sequence[Completion],
-        dispatched: list[tuple[int, str]] | None = None,
+        dispatched: dict[int, list[tuple[int, str]]] | None = None,
+        *,
+        follow: Follow | None = None,
     ) -> list[int]:
         """Record ``completions``. With ``dispatched`` (engine providers), the runs their
-        triggers queue are marked dispatched in the same insert and listed there as
-        ``(run id, agent)`` for the caller to hand to its engine right after the commit;
-        the outbox re-dispatches any it then fails to hand over."""
+        triggers queue are marked dispatched in the same insert and listed there, as
+        ``(run id, agent)`` under the completion's run id, for the caller to hand to its
+        engine right after the commit; the outbox re-dispatches any it then fails to hand
+        over. With ``follow``, the
+        first run each wanted completion's triggers queue for a new task is inserted
+        claimed by ``follow.worker`` instead (see :class:`~tether.store.writes.Follow`)."""
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []
@@ -783,8 +793,9 @@ class Store(StoreReads):
             accepted.append(c.run_id)
             step_rows.extend((c.run_id, s) for s in c.steps)
             finals.append((c, dict(final._mapping)))
+            out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
             for edge in c.edges:
-                self._record_edge(conn, c, edge, dispatched)
+                self._record_edge(conn, c, edge, out, follow)
             if c.retry_at is not None:
                 self._enqueue(
                     conn,
@@ -813,17 +824,18 @@ class Store(StoreReads):
         c: Completion,
         edge: Edge,
         dispatched: list[tuple[int, str]] | None = None,
+        follow: Follow | None = None,
     ) -> None:
-        downstream, _ = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
+        downstream, created = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
         added = conn.execute(
-            self._insert_ignore(triggers).values(
-                name=edge.name,
-                upstream_task_id=c.task_id,
-                upstream_run_id=c.run_id,
-                downstream_task_id=downstream,
-                created_at=c.finished_at,
-            )
-            .returning(triggers.c.id)
+            self._new_trigger,
+            {
+                "name": edge.name,
+                "upstream_task_id": c.task_id,
+                "upstream_run_id": c.run_id,
+                "downstream_task_id": downstream,
+                "created_at": c.finished_at,
+            },
         ).first()
         if added is None:
             return
@@ -841,12 +853,36 @@ class Store(StoreReads):
             )
             if not fired >= set(edge.requires):
                 return
+        if (follow is not None and created and c.run_id in follow.wanted
+                and c.run_id not in follow.claims and edge.agent in follow.agents):
+            follow.claims[c.run_id] = self._insert_claimed(conn, downstream, edge, c, follow)
+            return
         run_id = self._enqueue(
             conn, downstream, reason="trigger", now=c.finished_at,
-            dispatched_at=c.finished_at if inline else None,
+            dispatched_at=c.finished_at if inline else None, fresh=created,
         )
         if inline and run_id is not None and dispatched is not None:
             dispatched.append((run_id, edge.agent))
+
+    def _insert_claimed(
+        self, conn: Connection, task_id: int, edge: Edge, c: Completion, follow: Follow
+    ) -> Claim:
+        """The first run of a task this transaction created, inserted already claimed by
+        ``follow.worker``: the task has no other run, so nothing else can be running, and
+        no operator can have cancelled it yet."""
+        now = time.time()
+        lease = now + follow.lease_seconds
+        run_id = conn.execute(
+            _NEW_RUN,
+            {
+                "task_id": task_id, "attempt": 1, "reason": "trigger", "note": None,
+                "status": "running", "worker": follow.worker, "created_at": c.finished_at,
+                "available_at": c.finished_at, "dispatched_at": c.finished_at,
+                "started_at": now, "lease_expires_at": lease,
+            },
+        ).scalar_one()
+        return Claim(run_id=run_id, task_id=task_id, agent=edge.agent, key=edge.key,
+                     attempt=1, reason="trigger", note=None, lease_expires_at=lease)
 
     # -- operators -----------------------------------------------------------------
 
@@ -955,6 +991,61 @@ class Store(StoreReads):
         return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
 
 
+# The statements of the hot path, built once: building a Core statement costs more than
+# running it (its columns, cache key and parameters are worked out again each time).
+
+_TASK_ID = select(tasks.c.id).where(
+    tasks.c.agent == bindparam("b_agent"), tasks.c.key == bindparam("b_key")
+)
+_NEW_RUN = insert(runs).returning(runs.c.id)
+"""Insert a run: the columns are the parameters given."""
+_NEW_ENTRIES = insert(ledger)
+_NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
+
+_TIP = (
+    select(ledger.c.seq, ledger.c.hash)
+    .where(ledger.c.task_id == tasks.c.id)
+    .order_by(ledger.c.seq.desc())
+    .limit(1)
+    .lateral("tip")
+)
+_PG_LOCK_TIPS = (
+    # One round trip for every task of a batch: the rows locked in id order (as the
+    # one-at-a-time locks were), each chain's tip read through a lateral join.
+    select(tasks.c.id, _TIP.c.seq, _TIP.c.hash)
+    .select_from(tasks.outerjoin(_TIP, true()))
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.id)
+    .with_for_update(of=tasks)
+)
+
+_BUSY = runs.alias("busy")
+_CLAIMABLE = (
+    runs.c.id.in_(bindparam("ids", expanding=True)),
+    runs.c.status == "queued",
+    runs.c.available_at <= bindparam("b_now"),
+    # One run at a time per task: a retry or new input waits for the running one.
+    ~exists().where(_BUSY.c.task_id == runs.c.task_id, _BUSY.c.status == "running"),
+)
+_CLAIMED = (runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+_CLAIM_IDS = (
+    update(runs).where(*_CLAIMABLE)
+    .values(status="running", worker=bindparam("worker"), started_at=bindparam("started_at"),
+            lease_expires_at=bindparam("lease_expires_at"))
+    .returning(*_CLAIMED)
+)
+"""Claim the given runs that are claimable (see :meth:`Store.claim_run`)."""
+_PG_CLAIM_IDS = (
+    # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
+    update(runs).where(*_CLAIMABLE, tasks.c.id == runs.c.task_id)
+    .values(status="running", worker=bindparam("worker"), started_at=bindparam("started_at"),
+            lease_expires_at=bindparam("lease_expires_at"))
+    .returning(*_CLAIMED, tasks.c.agent, tasks.c.key)
+)
+_TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
+    tasks.c.id.in_(bindparam("ids", expanding=True))
+)
+
 _FINISH_RUN = (
     update(runs)
     .where(
@@ -1007,6 +1098,8 @@ class SQLiteStore(Store):
     """The embedded default: one file, WAL mode, writers serialised by SQLite itself."""
 
     dialect = "sqlite"
+    _new_task = sqlite_insert(tasks).on_conflict_do_nothing().returning(tasks.c.id)
+    _new_trigger = sqlite_insert(triggers).on_conflict_do_nothing().returning(triggers.c.id)
 
     def _insert_ignore(self, table: Any) -> Any:
         return sqlite_insert(table).on_conflict_do_nothing()
@@ -1016,12 +1109,18 @@ class PostgresStore(Store):
     """PostgreSQL: concurrent workers claim with ``FOR UPDATE SKIP LOCKED``."""
 
     dialect = "postgresql"
+    _new_task = pg_insert(tasks).on_conflict_do_nothing().returning(tasks.c.id)
+    _new_trigger = pg_insert(triggers).on_conflict_do_nothing().returning(triggers.c.id)
 
     def _insert_ignore(self, table: Any) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
 
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+
+    def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        rows = conn.execute(_PG_LOCK_TIPS, {"ids": list(ids)})
+        return {r.id: (r.seq, r.hash) for r in rows if r.seq is not None}
 
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None

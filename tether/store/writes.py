@@ -69,6 +69,27 @@ class Completion:
     """When set (a retryable failure under ``max_attempts``), a retry run is queued for then."""
 
 
+@dataclass(slots=True)
+class Follow:
+    """Asks :meth:`Store._complete` to claim, for the worker that recorded a completion, the
+    first run its triggers queue for a task they created, in the same transaction.
+
+    The worker then executes that run next on the same thread: a chain runs hop to hop
+    without a broker round trip or a claim transaction per hop (the Celery provider). Only
+    a run of a task the transaction created is taken this way: such a task has no other
+    run, so "one run at a time per task" holds without a check.
+    """
+
+    worker: str
+    lease_seconds: float
+    agents: frozenset[str]
+    """Only runs of these agents (the ones this worker has) are claimed."""
+    wanted: set[int] = field(default_factory=set)
+    """Run ids of the completions whose first downstream run should be claimed."""
+    claims: dict[int, Claim] = field(default_factory=dict)
+    """Filled in: upstream run id -> the downstream run claimed for this worker."""
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """What ``submit`` did: the task, and the run it queued (None when nothing new arrived)."""
