@@ -8,6 +8,7 @@ import pytest
 
 from tether import StoreError, TaskStatus
 from tether.errors import NotFound
+from tether.store.verify import verify
 from tether.store import (
     Claim,
     Completion,
@@ -304,6 +305,30 @@ def test_a_failed_write_records_nothing_of_the_batch(store: Store) -> None:
     assert (run.status, run.output, run.steps) == (RunStatus.RUNNING, None, ())
     assert store.all_triggers() == []
     assert [t.ref for t in store.list_tasks()] == ["kyc/case-1"]
+
+
+def test_a_batch_of_outcomes_lands_as_each_alone_would(store: Store) -> None:
+    """Several completions in one call (PostgreSQL ends their runs in one statement): each
+    run gets its own outcome, a stale one is discarded, and the ledger holds."""
+    ok, bad, stale = (_claim(store, "kyc", f"case-{i}") for i in range(3))
+    output = {"verdict": "clear", "scores": [0.5, 1, None], "nested": {"ä": "ü", "n": None}}
+    accepted = store.complete([
+        _done(ok, output=output, waiting_for=None,
+              edges=(Edge("kyc.cleared", "quote", "case-0", ("kyc.cleared",)),)),
+        _done(bad, succeeded=False, failure_class="terminal", failure_reason="bad id"),
+        _done(stale, worker="w-lost", output={"x": 1}),
+    ])
+
+    assert sorted(accepted) == sorted([ok.run_id, bad.run_id])
+    first, second, third = (store.get_run(c.run_id) for c in (ok, bad, stale))
+    assert (first.status, first.output, first.failure_class) == ("succeeded", output, None)
+    assert (second.status, second.output, second.failure_class, second.failure_reason) == (
+        "failed", None, "terminal", "bad id")
+    assert (third.status, third.output, third.finished_at) == ("running", None, None)
+    assert first.lease_expires_at is None and second.lease_expires_at is None
+    assert store.get_task("quote/case-0").status == TaskStatus.QUEUED
+    report = verify(store.engine)
+    assert report.ok, report
 
 
 def test_exchange_records_and_claims_in_one_call(store: Store) -> None:

@@ -8,6 +8,7 @@ and locking a task row while a join decides whether to run.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -15,14 +16,19 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
+    Float,
+    String,
     and_,
     bindparam,
     exists,
     func,
     insert,
+    literal,
     select,
+    text,
     true,
     update,
 )
@@ -246,7 +252,7 @@ class Store(StoreReads):
         if agents is not None:
             # A worker claims only runs of agents it has: another team's worker on the same
             # store must not fail this team's work as "unknown agent".
-            q = q.join(tasks, tasks.c.id == r.c.task_id).where(tasks.c.agent.in_(list(agents)))
+            q = q.where(_agent_of(r).in_(list(agents)))
         return (
             q.where(
                 r.c.status == "queued",
@@ -562,28 +568,19 @@ class Store(StoreReads):
             .limit(limit)
         )
         if agents is not None:
-            q = q.join(tasks, tasks.c.id == r.c.task_id).where(tasks.c.agent.in_(list(agents)))
+            q = q.where(_agent_of(r).in_(list(agents)))
         if self.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True, of=r)
         candidates = q.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
 
         def body(conn: Connection) -> list[tuple[int, str]]:
-            ids = conn.execute(
+            rows = conn.execute(
                 update(runs)
                 .where(runs.c.id.in_(select(candidates.c.id)))
                 .values(dispatched_at=now)
-                .returning(runs.c.id, runs.c.task_id)
+                .returning(runs.c.id, _agent_of(runs))
             ).all()
-            if not ids:
-                return []
-            names = dict(
-                conn.execute(
-                    select(tasks.c.id, tasks.c.agent).where(
-                        tasks.c.id.in_({row.task_id for row in ids})
-                    )
-                ).all()
-            )
-            return sorted((row.id, names[row.task_id]) for row in ids)
+            return sorted((row[0], row[1]) for row in rows)
 
         return self._transact(body)
 
@@ -774,25 +771,16 @@ class Store(StoreReads):
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []
+        finished_runs = self._finish_runs(conn, completions)
         for c in completions:
-            final = conn.execute(
-                _FINISH_RUN,
-                {
-                    "b_id": c.run_id,
-                    "b_worker": c.worker,
-                    "status": "succeeded" if c.succeeded else "failed",
-                    "finished_at": c.finished_at,
-                    "output": c.output if c.succeeded else None,
-                    "waiting_for": c.waiting_for if c.succeeded else None,
-                    "failure_class": None if c.succeeded else c.failure_class,
-                    "failure_reason": None if c.succeeded else c.failure_reason,
-                },
-            ).first()
+            final = finished_runs.pop(c.run_id, None)
             if final is None:
-                continue  # the lease was lost: this worker no longer owns the run
+                # The lease was lost (this worker no longer owns the run), or the same
+                # completion came twice in this batch and the first one recorded it.
+                continue
             accepted.append(c.run_id)
             step_rows.extend((c.run_id, s) for s in c.steps)
-            finals.append((c, dict(final._mapping)))
+            finals.append((c, final))
             out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
             for edge in c.edges:
                 self._record_edge(conn, c, edge, out, follow)
@@ -818,6 +806,20 @@ class Store(StoreReads):
         )
         return accepted
 
+    def _finish_runs(
+        self, conn: Connection, completions: Sequence[Completion]
+    ) -> dict[int, dict[str, Any]]:
+        """End the runs ``completions`` report on, each only if its worker still holds it;
+        returns the ended runs' final records (what the ledger hashes) by run id."""
+        finished: dict[int, dict[str, Any]] = {}
+        for c in completions:
+            if c.run_id in finished:
+                continue  # the same completion twice in one batch: recorded once
+            final = conn.execute(_FINISH_RUN, _finish_values(c)).first()
+            if final is not None:
+                finished[c.run_id] = dict(final._mapping)
+        return finished
+
     def _record_edge(
         self,
         conn: Connection,
@@ -826,6 +828,12 @@ class Store(StoreReads):
         dispatched: list[tuple[int, str]] | None = None,
         follow: Follow | None = None,
     ) -> None:
+        inline = dispatched is not None and len(dispatched) < INLINE_DISPATCH
+        claim = follow is not None and follow.takes(c.run_id, edge.agent)
+        if edge.requires == (edge.name,) and self._new_edge(
+            conn, c, edge, dispatched if inline else None, follow if claim else None
+        ):
+            return
         downstream, created = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
         added = conn.execute(
             self._new_trigger,
@@ -839,7 +847,6 @@ class Store(StoreReads):
         ).first()
         if added is None:
             return
-        inline = dispatched is not None and len(dispatched) < INLINE_DISPATCH
         if edge.requires != (edge.name,):  # a join: queue it once all its triggers fired
             fired = set(
                 conn.execute(
@@ -853,8 +860,7 @@ class Store(StoreReads):
             )
             if not fired >= set(edge.requires):
                 return
-        if (follow is not None and created and c.run_id in follow.wanted
-                and c.run_id not in follow.claims and edge.agent in follow.agents):
+        if claim and created and follow is not None:
             follow.claims[c.run_id] = self._insert_claimed(conn, downstream, edge, c, follow)
             return
         run_id = self._enqueue(
@@ -863,6 +869,21 @@ class Store(StoreReads):
         )
         if inline and run_id is not None and dispatched is not None:
             dispatched.append((run_id, edge.agent))
+
+    def _new_edge(
+        self,
+        conn: Connection,
+        c: Completion,
+        edge: Edge,
+        dispatched: list[tuple[int, str]] | None,
+        follow: Follow | None,
+    ) -> bool:
+        """Record ``edge`` (not a join) in one statement when its task is new: the task,
+        the trigger and the task's first run (claimed for ``follow.worker`` when
+        ``follow`` is given, else queued and listed in ``dispatched`` when given).
+        False, with nothing written, when the task exists: the caller takes the general
+        path. The base store always answers False."""
+        return False
 
     def _insert_claimed(
         self, conn: Connection, task_id: int, edge: Edge, c: Completion, follow: Follow
@@ -991,6 +1012,17 @@ class Store(StoreReads):
         return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
 
 
+def _agent_of(run: Any) -> Any:
+    """The agent of ``run``'s task, as a correlated subquery on the tasks' primary key.
+
+    Not a join: on tables whose statistics are young (a new database, a burst of new
+    tasks) PostgreSQL misjudges how many tasks an agent filter keeps and may scan the
+    whole tasks table once per queued run (10-60 ms a pass, measured); a key lookup per
+    candidate run costs the same whatever the statistics say.
+    """
+    return select(tasks.c.agent).where(tasks.c.id == run.c.task_id).scalar_subquery()
+
+
 # The statements of the hot path, built once: building a Core statement costs more than
 # running it (its columns, cache key and parameters are worked out again each time).
 
@@ -1046,6 +1078,45 @@ _TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
     tasks.c.id.in_(bindparam("ids", expanding=True))
 )
 
+_NEW_TASK_CTE = (
+    pg_insert(tasks)
+    .values(agent=bindparam("agent"), key=bindparam("key"), created_at=bindparam("at"))
+    .on_conflict_do_nothing()
+    .returning(tasks.c.id)
+    .cte("new_task")
+)
+_NEW_TRIGGER_CTE = (
+    insert(triggers)
+    .from_select(
+        ["name", "upstream_task_id", "upstream_run_id", "downstream_task_id", "created_at"],
+        select(
+            bindparam("name", type_=String), bindparam("up_task", type_=BigInteger),
+            bindparam("up_run", type_=BigInteger), _NEW_TASK_CTE.c.id,
+            bindparam("at", type_=Float),
+        ),
+    )
+    .returning(triggers.c.downstream_task_id)
+    .cte("new_trigger")
+)
+_NEW_RUN_CTE = (
+    insert(runs)
+    .from_select(
+        ["task_id", "attempt", "reason", "status", "worker", "created_at", "available_at",
+         "dispatched_at", "started_at", "lease_expires_at"],
+        select(
+            _NEW_TRIGGER_CTE.c.downstream_task_id, literal(1), literal("trigger"),
+            bindparam("status", type_=String), bindparam("worker", type_=String),
+            bindparam("at", type_=Float), bindparam("at", type_=Float),
+            bindparam("dispatched_at", type_=Float), bindparam("started_at", type_=Float),
+            bindparam("lease", type_=Float),
+        ),
+    )
+    .returning(runs.c.id, runs.c.task_id)
+    .cte("new_run")
+)
+_PG_NEW_EDGE = select(_NEW_RUN_CTE.c.id, _NEW_RUN_CTE.c.task_id)
+"""A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edge``."""
+
 _FINISH_RUN = (
     update(runs)
     .where(
@@ -1063,6 +1134,35 @@ _FINISH_RUN = (
         failure_reason=bindparam("failure_reason"),
     )
     .returning(*RUN_FIELDS)
+)
+
+
+def _finish_values(c: Completion) -> dict[str, Any]:
+    return {
+        "b_id": c.run_id,
+        "b_worker": c.worker,
+        "status": "succeeded" if c.succeeded else "failed",
+        "finished_at": c.finished_at,
+        "output": c.output if c.succeeded else None,
+        "waiting_for": c.waiting_for if c.succeeded else None,
+        "failure_class": None if c.succeeded else c.failure_class,
+        "failure_reason": None if c.succeeded else c.failure_reason,
+    }
+
+
+_PG_FINISH_RUNS = text(
+    # _FINISH_RUN for a whole batch in one round trip: the values travel as arrays.
+    "UPDATE runs SET status = v.status, finished_at = v.finished_at, "
+    "lease_expires_at = NULL, output = v.output, waiting_for = v.waiting_for, "
+    "failure_class = v.failure_class, failure_reason = v.failure_reason "
+    "FROM unnest(CAST(:ids AS BIGINT[]), CAST(:workers AS VARCHAR[]), "
+    "CAST(:statuses AS VARCHAR[]), CAST(:finished AS DOUBLE PRECISION[]), "
+    "CAST(:outputs AS JSONB[]), CAST(:waiting AS TEXT[]), CAST(:classes AS VARCHAR[]), "
+    "CAST(:reasons AS TEXT[])) "
+    "AS v(id, worker, status, finished_at, output, waiting_for, failure_class, "
+    "failure_reason) "
+    "WHERE runs.id = v.id AND runs.status = 'running' AND runs.worker = v.worker "
+    "RETURNING " + ", ".join(f"runs.{name}" for name in FIELDS["run"])
 )
 
 
@@ -1117,6 +1217,57 @@ class PostgresStore(Store):
 
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
+
+    def _finish_runs(
+        self, conn: Connection, completions: Sequence[Completion]
+    ) -> dict[int, dict[str, Any]]:
+        if len(completions) < 2:
+            return super()._finish_runs(conn, completions)
+        values = [_finish_values(c) for c in completions]
+        rows = conn.execute(_PG_FINISH_RUNS, {
+            "ids": [v["b_id"] for v in values],
+            "workers": [v["b_worker"] for v in values],
+            "statuses": [v["status"] for v in values],
+            "finished": [v["finished_at"] for v in values],
+            # Serialised as the JSON column would (json.dumps); NULL stays NULL.
+            "outputs": [None if v["output"] is None else json.dumps(v["output"])
+                        for v in values],
+            "waiting": [v["waiting_for"] for v in values],
+            "classes": [v["failure_class"] for v in values],
+            "reasons": [v["failure_reason"] for v in values],
+        })
+        return {row.id: dict(row._mapping) for row in rows}
+
+    def _new_edge(
+        self,
+        conn: Connection,
+        c: Completion,
+        edge: Edge,
+        dispatched: list[tuple[int, str]] | None,
+        follow: Follow | None,
+    ) -> bool:
+        # Three inserts in one round trip: a data-modifying CTE chain that writes nothing
+        # past the task insert when the task exists (ON CONFLICT DO NOTHING returns no id).
+        now = time.time()
+        lease = None if follow is None else now + follow.lease_seconds
+        row = conn.execute(_PG_NEW_EDGE, {
+            "agent": edge.agent, "key": edge.key, "name": edge.name, "up_task": c.task_id,
+            "up_run": c.run_id, "at": c.finished_at,
+            "status": "queued" if follow is None else "running",
+            "worker": None if follow is None else follow.worker,
+            "dispatched_at": None if follow is None and dispatched is None else c.finished_at,
+            "started_at": None if follow is None else now, "lease": lease,
+        }).first()
+        if row is None:
+            return False
+        if follow is not None and lease is not None:
+            follow.claims[c.run_id] = Claim(
+                run_id=row.id, task_id=row.task_id, agent=edge.agent, key=edge.key, attempt=1,
+                reason="trigger", note=None, lease_expires_at=lease,
+            )
+        elif dispatched is not None:
+            dispatched.append((row.id, edge.agent))
+        return True
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         rows = conn.execute(_PG_LOCK_TIPS, {"ids": list(ids)})

@@ -89,6 +89,11 @@ class Follow:
     claims: dict[int, Claim] = field(default_factory=dict)
     """Filled in: upstream run id -> the downstream run claimed for this worker."""
 
+    def takes(self, run_id: int, agent: str) -> bool:
+        """Whether completion ``run_id`` may still have a run of ``agent`` claimed (if the
+        edge's task turns out to be new)."""
+        return run_id in self.wanted and run_id not in self.claims and agent in self.agents
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
