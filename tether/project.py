@@ -12,7 +12,7 @@ from tether.errors import DiscoveryError
 from tether.graph import Agent, Graph, build, discover
 from tether.runtime import Worker, WorkerStats
 from tether.store import Store, Submission
-from tether.store.store import _MISSING
+from tether.store.base import _MISSING
 
 
 class Project:

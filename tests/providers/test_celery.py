@@ -74,9 +74,11 @@ def redis(queue: str) -> Iterator[str]:
     yield from _broker("redis", queue)
 
 
-def drain(project: Project, *, timeout: float = 30, **overrides: Any) -> WorkerStats:
-    """The Celery provider on ``project`` until idle, failing the test if it hangs."""
-    provider = get_provider(project, "celery")
+def drain(project: Project, *, timeout: float = 30, provider: Any = None,
+          **overrides: Any) -> WorkerStats:
+    """The Celery provider on ``project`` (or ``provider``) until idle, failing the test if
+    it hangs."""
+    provider = provider or get_provider(project, "celery")
     for name, value in overrides.items():
         setattr(provider, name, value)
     result: dict[str, Any] = {}
@@ -174,6 +176,50 @@ def test_a_chain_with_retries_and_a_join(
         assert len(s.triggers_in(s.get_task(f"decide/{key}").id)) == 2
     edges_recorded_once(project)
     assert (stats.claimed, stats.succeeded, stats.failed, stats.retries_queued) == (12, 9, 3, 3)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_chain_takes_one_message_and_runs_on_the_thread_that_took_it(
+    store: str, redis: str, queue: str, make_project: MakeProject,
+    request: pytest.FixtureRequest,
+) -> None:
+    threads: dict[tuple[str, str], int] = {}
+
+    def hop(name: str, **kw: Any) -> tether.Agent:
+        def body(ctx: Context) -> str:
+            threads[(name, ctx.key)] = threading.get_ident()
+            return name
+        body.__name__ = name
+        return tether.agent(**kw)(body)
+
+    agents = [hop("a", emits="a.done"), hop("b", subscribes="a.done", emits="b.done"),
+              hop("c", subscribes="b.done")]
+    database_url = request.getfixturevalue("pg_url") if store == "postgresql" else None
+    project = make_project(agents, database_url=database_url, broker_url=redis,
+                           task_queue=queue, **FAST)
+    roots = {project.submit("a", f"k{i}").run_id for i in range(6)}
+    provider = get_provider(project, "celery")
+    published: list[int] = []
+    publish = provider._publish
+
+    def spy(runs: Any) -> None:  # the provider's own publishing, counted on the way
+        published.extend(run_id for run_id, _ in runs)
+        publish(runs)
+
+    provider._publish = spy  # type: ignore[method-assign]
+    stats = drain(project, provider=provider)
+
+    assert (stats.claimed, stats.succeeded) == (18, 18)
+    assert sorted(published) == sorted(roots)  # b and c were never published
+    s = project.store
+    for i in range(6):
+        key = f"k{i}"
+        assert threads[("a", key)] == threads[("b", key)] == threads[("c", key)]
+        [a], [b], [c] = (s.runs_of(s.get_task(f"{agent}/{key}").id) for agent in "abc")
+        assert a.worker == b.worker == c.worker
+        assert a.finished_at is not None and b.started_at is not None
+        assert b.started_at >= a.finished_at and b.reason == "trigger"
+    edges_recorded_once(project)
 
 
 def test_a_message_delivered_twice_executes_the_run_once(

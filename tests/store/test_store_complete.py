@@ -8,7 +8,6 @@ import pytest
 
 from tether import StoreError, TaskStatus
 from tether.errors import NotFound
-from tether.store.verify import verify
 from tether.store import (
     Claim,
     Completion,
@@ -19,6 +18,7 @@ from tether.store import (
     StepWrite,
     Store,
 )
+from tether.store.verify import verify
 
 
 def _claim(store: Store, agent: str, key: str, worker: str = "w1", now: float = 100.0) -> Claim:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tether.runtime.single import RunOne
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
-from tether.store.store import NOTIFY_CHANNEL
+from tether.store.statements import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 

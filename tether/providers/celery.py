@@ -13,7 +13,11 @@
 The store stays the source of truth; Celery only carries run ids. ``execute_run`` claims the
 run by id with a lease (a duplicate message executes nothing), runs the agent while a
 heartbeat renews the lease, and records the outcome, steps, trigger edges and any retry in
-one transaction. What happens when (the long form is docs/deploy-celery.md):
+one transaction. The run a record's triggers queue for a new task is claimed for this
+worker in that same transaction and executed next on the same thread
+(:meth:`~tether.runtime.single.RunOne.follow`), so a chain takes one message, not one per
+hop; the other downstream runs are published right after the commit. What happens when
+(the long form is docs/deploy-celery.md):
 
 - **Retryable failure**: the store queues a retry run (attempt + 1) due after the harness's
   backoff; the dispatcher publishes it when it is due. Celery's own retry is never used.
@@ -23,6 +27,8 @@ one transaction. What happens when (the long form is docs/deploy-celery.md):
 - **Worker lost mid-run** (SIGKILL, power loss): the broker redelivers the unacknowledged
   message (harmless, as above); the run's lease expires, any worker's reaper fails it as
   retryable ("worker lost") and queues its retry, which is published like any other.
+- **Worker lost mid-chain**: the run it was executing (one it followed from the run the
+  message named) holds a lease like any claimed run; it is reaped and retried as above.
 - **Message lost** (a Redis restart without persistence, a purged queue, a worker killed
   holding prefetched messages on Redis): the run is still queued in the store, and the
   dispatcher publishes it again after ``redispatch_after`` seconds.
@@ -50,7 +56,7 @@ from tether.providers.base import Dispatcher, Listener, Provider, wait_until_idl
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion
-from tether.store.store import INLINE_DISPATCH
+from tether.store.completes import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project

@@ -60,7 +60,7 @@ from tether.providers.temporal_workflows import (
 from tether.runtime.single import Outcome, RunOne, count
 from tether.runtime.worker import WorkerStats
 from tether.store import Completion, Store
-from tether.store.store import INLINE_DISPATCH
+from tether.store.completes import INLINE_DISPATCH
 
 if TYPE_CHECKING:
     from tether.project import Project

@@ -32,8 +32,8 @@ from tether.runtime.context import StepRecorder
 from tether.runtime.execute import Executor
 from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
+from tether.store.base import _is_conflict
 from tether.store.engine import WRITE
-from tether.store.store import _is_conflict
 from tether.store.writes import Claim, Follow
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from tether.store import Completion, Store
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import review_queue
 from tether.store.schema_triage import triage_releases
-from tether.store.store import RUN_FIELDS
+from tether.store.statements import RUN_FIELDS
 from tether.triage.bars import record_audit
 from tether.triage.errors import TriageError
 

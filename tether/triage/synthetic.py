@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from tether.store import Store
 from tether.store.schema import runs, tasks
 from tether.store.schema_review import reviews
-from tether.store.store import RUN_FIELDS
+from tether.store.statements import RUN_FIELDS
 
 KINDS = ("auto", "home", "life", "travel")
 _KIND_PENALTY = {"auto": 0.0, "home": 0.05, "life": 0.12, "travel": 0.02}

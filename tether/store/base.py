@@ -1,0 +1,186 @@
+"""The base of the store: connection, write transactions, the ledger's append, dialect hooks."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, exists, func, insert, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tether.errors import StoreError
+from tether.store import statements as sql
+from tether.store.engine import WRITE
+from tether.store.ledger import GENESIS, chain, digest, ref_of
+from tether.store.reads import StoreReads
+from tether.store.schema import ledger, runs
+
+_MISSING: Any = object()
+
+T = TypeVar("T")
+
+
+class StoreBase(StoreReads):
+    """The store's connection, its write transactions, the ledger's append and the hooks
+    where the dialects differ; the writes build on it one concern per module."""
+
+    dialect = ""
+    _new_task: Any
+    """INSERT a task unless (agent, key) exists, RETURNING its id (dialect's own form)."""
+    _new_trigger: Any
+    """INSERT a trigger edge unless recorded already, RETURNING its id."""
+
+    def __init__(self, engine: Engine, *, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{WRITE: True})
+                with conn.begin():
+                    yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreError(f"store write failed: {exc.orig}") from exc
+
+    def _transact(self, body: Callable[[Connection], T], *, tries: int = 8) -> T:
+        """Run ``body`` in a write transaction, again from the start if PostgreSQL aborted it
+        as a deadlock or serialization failure (two workers locking tasks in another order)."""
+        for attempt in range(1, tries + 1):
+            try:
+                with self._write() as conn:
+                    return body(conn)
+            except StoreError as exc:
+                if attempt == tries or not _is_conflict(exc.__cause__):
+                    raise
+                time.sleep(random.uniform(0.001, 0.005) * attempt)
+        raise AssertionError("unreachable")
+
+    def _append_many(
+        self, conn: Connection,
+        batches: Sequence[tuple[int, Sequence[tuple[str, Mapping[str, Any]]], float]],
+    ) -> None:
+        """`_append` for many tasks at once: one query for the tips, one insert."""
+        if not batches:
+            return
+        tips = self._lock_tips(conn, sorted({t for t, _, _ in batches}))
+        rows = []
+        for task_id, entries, now in batches:
+            seq, prev = tips.get(task_id, (0, GENESIS))
+            for kind, record in entries:
+                seq += 1
+                record_digest = digest(kind, record)
+                ref = ref_of(kind, record)
+                entry_hash = chain(prev, kind, ref, record_digest)
+                rows.append(
+                    {
+                        "task_id": task_id, "seq": seq, "kind": kind, "ref": ref,
+                        "digest": record_digest, "prev_hash": prev, "hash": entry_hash,
+                        "created_at": now,
+                    }
+                )
+                prev = entry_hash
+            tips[task_id] = (seq, prev)
+        if rows:
+            conn.execute(sql.NEW_ENTRIES, rows)
+
+    def _append(
+        self, conn: Connection, task_id: int, entries: Sequence[tuple[str, Mapping[str, Any]]],
+        now: float,
+    ) -> None:
+        """Add records to the task's hash chain (see :mod:`tether.store.ledger`)."""
+        if not entries:
+            return
+        self._lock_task(conn, task_id)  # one appender per chain at a time
+        tip = conn.execute(
+            select(ledger.c.seq, ledger.c.hash)
+            .where(ledger.c.task_id == task_id)
+            .order_by(ledger.c.seq.desc())
+            .limit(1)
+        ).first()
+        seq, prev = (tip.seq, tip.hash) if tip is not None else (0, GENESIS)
+        rows = []
+        for kind, record in entries:
+            seq += 1
+            record_digest = digest(kind, record)
+            ref = ref_of(kind, record)
+            entry_hash = chain(prev, kind, ref, record_digest)
+            rows.append(
+                {
+                    "task_id": task_id,
+                    "seq": seq,
+                    "kind": kind,
+                    "ref": ref,
+                    "digest": record_digest,
+                    "prev_hash": prev,
+                    "hash": entry_hash,
+                    "created_at": now,
+                }
+            )
+            prev = entry_hash
+        conn.execute(insert(ledger), rows)
+
+    def _insert_ignore(self, table: Any) -> Any:
+        raise NotImplementedError
+
+    def _lock_task(self, conn: Connection, task_id: int) -> None:
+        """Hold the task's row until commit, so concurrent joins decide one at a time."""
+
+    def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """Lock the tasks ``ids`` (one appender per chain at a time) and read the tip
+        ``(seq, hash)`` of each one's chain (absent: the chain is empty)."""
+        for t in ids:
+            self._lock_task(conn, t)
+        last = (
+            select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
+            .where(ledger.c.task_id.in_(ids))
+            .group_by(ledger.c.task_id)
+            .subquery()
+        )
+        return {
+            r.task_id: (r.seq, r.hash)
+            for r in conn.execute(
+                select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
+                    last, and_(ledger.c.task_id == last.c.task_id, ledger.c.seq == last.c.seq)
+                )
+            )
+        }
+
+    def _claim_candidates(
+        self, now: float, limit: int, agents: Collection[str] | None = None
+    ) -> Any:
+        r = runs.alias("r")
+        busy = runs.alias("busy")
+        q = select(r.c.id)
+        if agents is not None:
+            # A worker claims only runs of agents it has: another team's worker on the same
+            # store must not fail this team's work as "unknown agent".
+            q = q.where(sql.agent_of(r).in_(list(agents)))
+        return (
+            q.where(
+                r.c.status == "queued",
+                r.c.available_at <= now,
+                # One run at a time per task: a retry or new input waits for the running one.
+                ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
+            )
+            .order_by(r.c.available_at, r.c.id)
+            .limit(limit)
+        )
+
+
+def _is_conflict(exc: BaseException | None) -> bool:
+    """A PostgreSQL deadlock (40P01) or serialization failure (40001): safe to run again."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in ("40P01", "40001")
+
+
+def _safe(url: str) -> str:
+    """A URL fit for messages: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,206 @@
+"""The SQL of the store's hot path, each statement built once and called by name.
+
+Building a SQLAlchemy Core statement costs more CPU than running it (its columns, cache key
+and parameters are worked out again each time), so the statements a worker runs for every
+run are module constants here, with bind parameters for what varies. The ``PG_`` ones are
+PostgreSQL's own forms of a step (see :class:`tether.store.store.PostgresStore`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    String,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from tether.store.ledger import FIELDS
+from tether.store.schema import ledger, runs, tasks, triggers
+from tether.store.writes import Completion, StepWrite
+
+NOTIFY_CHANNEL = "tether_runs"
+"""The PostgreSQL channel notified when a run becomes due for the outbox to hand over."""
+
+RUN_FIELDS = tuple(runs.c[name] for name in FIELDS["run"])
+"""What a run's final outcome is hashed over: returned by every statement that ends a run."""
+
+
+def agent_of(run: Any) -> Any:
+    """The agent of ``run``'s task, as a correlated subquery on the tasks' primary key.
+
+    Not a join: on tables whose statistics are young (a new database, a burst of new
+    tasks) PostgreSQL misjudges how many tasks an agent filter keeps and may scan the
+    whole tasks table once per queued run (10-60 ms a pass, measured); a key lookup per
+    candidate run costs the same whatever the statistics say.
+    """
+    return select(tasks.c.agent).where(tasks.c.id == run.c.task_id).scalar_subquery()
+
+
+# The statements of the hot path, built once: building a Core statement costs more than
+# running it (its columns, cache key and parameters are worked out again each time).
+
+TASK_ID = select(tasks.c.id).where(
+    tasks.c.agent == bindparam("b_agent"), tasks.c.key == bindparam("b_key")
+)
+NEW_RUN = insert(runs).returning(runs.c.id)
+"""Insert a run: the columns are the parameters given."""
+NEW_ENTRIES = insert(ledger)
+NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
+
+TIP = (
+    select(ledger.c.seq, ledger.c.hash)
+    .where(ledger.c.task_id == tasks.c.id)
+    .order_by(ledger.c.seq.desc())
+    .limit(1)
+    .lateral("tip")
+)
+PG_LOCK_TIPS = (
+    # One round trip for every task of a batch: the rows locked in id order (as the
+    # one-at-a-time locks were), each chain's tip read through a lateral join.
+    select(tasks.c.id, TIP.c.seq, TIP.c.hash)
+    .select_from(tasks.outerjoin(TIP, true()))
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.id)
+    .with_for_update(of=tasks)
+)
+
+BUSY = runs.alias("busy")
+CLAIMABLE = (
+    runs.c.id.in_(bindparam("ids", expanding=True)),
+    runs.c.status == "queued",
+    runs.c.available_at <= bindparam("b_now"),
+    # One run at a time per task: a retry or new input waits for the running one.
+    ~exists().where(BUSY.c.task_id == runs.c.task_id, BUSY.c.status == "running"),
+)
+CLAIMED = (runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+CLAIM_IDS = (
+    update(runs).where(*CLAIMABLE)
+    .values(status="running", worker=bindparam("worker"), started_at=bindparam("started_at"),
+            lease_expires_at=bindparam("lease_expires_at"))
+    .returning(*CLAIMED)
+)
+"""Claim the given runs that are claimable (see :meth:`Store.claim_run`)."""
+PG_CLAIM_IDS = (
+    # UPDATE ... FROM tasks: the claim and the agent's name in one round trip.
+    update(runs).where(*CLAIMABLE, tasks.c.id == runs.c.task_id)
+    .values(status="running", worker=bindparam("worker"), started_at=bindparam("started_at"),
+            lease_expires_at=bindparam("lease_expires_at"))
+    .returning(*CLAIMED, tasks.c.agent, tasks.c.key)
+)
+TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
+    tasks.c.id.in_(bindparam("ids", expanding=True))
+)
+
+NEW_TASK_CTE = (
+    pg_insert(tasks)
+    .values(agent=bindparam("agent"), key=bindparam("key"), created_at=bindparam("at"))
+    .on_conflict_do_nothing()
+    .returning(tasks.c.id)
+    .cte("new_task")
+)
+NEW_TRIGGER_CTE = (
+    insert(triggers)
+    .from_select(
+        ["name", "upstream_task_id", "upstream_run_id", "downstream_task_id", "created_at"],
+        select(
+            bindparam("name", type_=String), bindparam("up_task", type_=BigInteger),
+            bindparam("up_run", type_=BigInteger), NEW_TASK_CTE.c.id,
+            bindparam("at", type_=Float),
+        ),
+    )
+    .returning(triggers.c.downstream_task_id)
+    .cte("new_trigger")
+)
+NEW_RUN_CTE = (
+    insert(runs)
+    .from_select(
+        ["task_id", "attempt", "reason", "status", "worker", "created_at", "available_at",
+         "dispatched_at", "started_at", "lease_expires_at"],
+        select(
+            NEW_TRIGGER_CTE.c.downstream_task_id, literal(1), literal("trigger"),
+            bindparam("status", type_=String), bindparam("worker", type_=String),
+            bindparam("at", type_=Float), bindparam("at", type_=Float),
+            bindparam("dispatched_at", type_=Float), bindparam("started_at", type_=Float),
+            bindparam("lease", type_=Float),
+        ),
+    )
+    .returning(runs.c.id, runs.c.task_id)
+    .cte("new_run")
+)
+PG_NEW_EDGE = select(NEW_RUN_CTE.c.id, NEW_RUN_CTE.c.task_id)
+"""A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edge``."""
+
+FINISH_RUN = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("b_id"),
+        runs.c.status == "running",
+        runs.c.worker == bindparam("b_worker"),
+    )
+    .values(
+        status=bindparam("status"),
+        finished_at=bindparam("finished_at"),
+        lease_expires_at=None,
+        output=bindparam("output"),
+        waiting_for=bindparam("waiting_for"),
+        failure_class=bindparam("failure_class"),
+        failure_reason=bindparam("failure_reason"),
+    )
+    .returning(*RUN_FIELDS)
+)
+
+
+def finish_values(c: Completion) -> dict[str, Any]:
+    return {
+        "b_id": c.run_id,
+        "b_worker": c.worker,
+        "status": "succeeded" if c.succeeded else "failed",
+        "finished_at": c.finished_at,
+        "output": c.output if c.succeeded else None,
+        "waiting_for": c.waiting_for if c.succeeded else None,
+        "failure_class": None if c.succeeded else c.failure_class,
+        "failure_reason": None if c.succeeded else c.failure_reason,
+    }
+
+
+PG_FINISH_RUNS = text(
+    # FINISH_RUN for a whole batch in one round trip: the values travel as arrays.
+    "UPDATE runs SET status = v.status, finished_at = v.finished_at, "
+    "lease_expires_at = NULL, output = v.output, waiting_for = v.waiting_for, "
+    "failure_class = v.failure_class, failure_reason = v.failure_reason "
+    "FROM unnest(CAST(:ids AS BIGINT[]), CAST(:workers AS VARCHAR[]), "
+    "CAST(:statuses AS VARCHAR[]), CAST(:finished AS DOUBLE PRECISION[]), "
+    "CAST(:outputs AS JSONB[]), CAST(:waiting AS TEXT[]), CAST(:classes AS VARCHAR[]), "
+    "CAST(:reasons AS TEXT[])) "
+    "AS v(id, worker, status, finished_at, output, waiting_for, failure_class, "
+    "failure_reason) "
+    "WHERE runs.id = v.id AND runs.status = 'running' AND runs.worker = v.worker "
+    "RETURNING " + ", ".join(f"runs.{name}" for name in FIELDS["run"])
+)
+
+
+def step_values(run_id: int, s: StepWrite) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "seq": s.seq,
+        "name": s.name,
+        "key": s.key,
+        "input": s.input,
+        "output": s.output,
+        "status": s.status,
+        "error": s.error,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+    }

@@ -1,0 +1,142 @@
+"""Submitting work: tasks, their inputs, and queueing runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, exists, insert, select
+
+from tether.jsonable import canonical, to_json
+from tether.store import statements as sql
+from tether.store.base import _MISSING, StoreBase
+from tether.store.schema import runs, task_inputs, tasks
+from tether.store.writes import Submission
+
+
+class Submits(StoreBase):
+    """Creating tasks, attaching input and queueing runs."""
+
+    def submit(
+        self,
+        agent: str,
+        key: str,
+        input: Any = _MISSING,
+        *,
+        reason: str = "submitted",
+        note: str | None = None,
+        now: float | None = None,
+    ) -> Submission:
+        """Create the task (agent, key) if new and queue a run for it.
+
+        Idempotent: submitting an existing task again queues nothing, unless ``input``
+        differs from the latest input it received; then the input is attached (in order,
+        with its time) and a new run is queued.
+
+        Raises:
+            OutputError: ``input`` cannot be stored as JSON (the message names the field).
+        """
+        now = time.time() if now is None else now
+        if input is not _MISSING:
+            input = to_json(input, what="input")
+
+        def body(conn: Connection) -> Submission:
+            task_id, created = self._upsert_task(conn, agent, key, now)
+            new_info = False
+            if input is not _MISSING:
+                record = self._attach_input(conn, task_id, input, now)
+                if record is not None:
+                    new_info = True
+                    self._append(conn, task_id, [("input", record)], now)
+            has_runs = conn.execute(select(exists().where(runs.c.task_id == task_id))).scalar()
+            run_id = None
+            if created or new_info or not has_runs:
+                run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note)
+            return Submission(task_id=task_id, run_id=run_id, created=created)
+
+        return self._transact(body)
+
+    def _upsert_task(
+        self, conn: Connection, agent: str, key: str, now: float
+    ) -> tuple[int, bool]:
+        new = conn.execute(
+            self._new_task, {"agent": agent, "key": key, "created_at": now}
+        ).scalar()
+        if new is not None:
+            return new, True  # a row this transaction inserted is locked by it already
+        found = conn.execute(sql.TASK_ID, {"b_agent": agent, "b_key": key}).scalar_one()
+        self._lock_task(conn, found)
+        return found, False
+
+    def _attach_input(
+        self, conn: Connection, task_id: int, data: Any, now: float
+    ) -> dict[str, Any] | None:
+        """Attach new input; None (nothing written) when it equals the latest input."""
+        latest = conn.execute(
+            select(task_inputs.c.seq, task_inputs.c.data)
+            .where(task_inputs.c.task_id == task_id)
+            .order_by(task_inputs.c.seq.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and canonical(latest.data) == canonical(data):
+            return None
+        record = {
+            "task_id": task_id,
+            "seq": 1 if latest is None else latest.seq + 1,
+            "data": data,
+            "received_at": now,
+        }
+        conn.execute(insert(task_inputs).values(**record))
+        return record
+
+    def _enqueue(
+        self,
+        conn: Connection,
+        task_id: int,
+        *,
+        reason: str,
+        now: float,
+        attempt: int = 1,
+        available_at: float | None = None,
+        note: str | None = None,
+        dispatched_at: float | None = None,
+        fresh: bool = False,
+    ) -> int | None:
+        """Queue a run unless one is already queued (it will see the newest state) or an
+        operator cancelled the task (only an operator's retry lifts that).
+
+        ``fresh``: this transaction created the task, so it is locked already, has no run
+        and cannot have been cancelled: the three checks are skipped.
+        """
+        if not fresh:
+            self._lock_task(conn, task_id)
+            cancelled = conn.execute(
+                select(tasks.c.cancelled_at).where(tasks.c.id == task_id)
+            ).scalar()
+            if cancelled is not None and reason != "operator":
+                return None
+            queued = conn.execute(
+                select(runs.c.id).where(runs.c.task_id == task_id, runs.c.status == "queued")
+            ).first()
+            if queued is not None:
+                return None
+        run_id: int = conn.execute(
+            sql.NEW_RUN,
+            {
+                "task_id": task_id,
+                "attempt": attempt,
+                "reason": reason,
+                "note": note,
+                "status": "queued",
+                "created_at": now,
+                "available_at": now if available_at is None else available_at,
+                "dispatched_at": dispatched_at,
+            },
+        ).scalar_one()
+        if (self.dialect == "postgresql" and dispatched_at is None and reason != "trigger"
+                and (available_at is None or available_at <= now)):
+            # Wakes engine providers' outboxes (LISTEN, see tether.providers.base) at the
+            # commit instead of at their next poll; PostgreSQL folds the notifications of
+            # one transaction into one. Triggered runs are handed over by their worker.
+            conn.execute(sql.NOTIFY)
+        return run_id
