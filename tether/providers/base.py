@@ -9,12 +9,15 @@ reaps runs whose worker was lost — and execute each delivered id with
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
+
+from sqlalchemy import Connection, func, select
 
 from tether.runtime.single import RunOne
 from tether.runtime.worker import WorkerStats
@@ -78,6 +81,13 @@ class Dispatcher:
     """The outbox relay of engine providers: every ``poll`` seconds it reaps lost runs and
     hands due queued runs to the engine (``publish``). A run it handed over that is still
     queued after ``redispatch_after`` seconds (the message was lost) is handed over again.
+
+    On PostgreSQL one dispatcher per ``outbox`` (a provider and its queue) acts at a time:
+    the one holding a session advisory lock named after it. The others check every
+    ``poll`` seconds (at least once a second) whether they may take over, which they can
+    as soon as the holder's connection ends (its process stopped or died). Every process
+    running its own outbox would wake on every submission and race for the same runs:
+    work that grows with the processes and does nothing. On SQLite every dispatcher acts.
     """
 
     def __init__(
@@ -88,6 +98,7 @@ class Dispatcher:
         poll: float = 0.1,
         redispatch_after: float = 30.0,
         batch: int = 256,
+        outbox: str = "",
     ) -> None:
         self.runner = runner
         self.publish = publish
@@ -100,9 +111,53 @@ class Dispatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
+        self._lock_key = _lock_key(outbox) if runner.store.dialect == "postgresql" else None
+        self._lock_conn: Connection | None = None
+        self._leading = self._lock_key is None
+        self._next_check = 0.0
+
+    @property
+    def leading(self) -> bool:
+        """True while this dispatcher is the one acting for its outbox."""
+        return self._leading
+
+    def _lead(self) -> bool:
+        """Whether to act on this pass: hold (or take) the outbox's advisory lock. The
+        holder checks its lock's connection, and the others try for the lock, at most
+        once per ``poll`` (or second), not on every wake-up."""
+        now = time.monotonic()
+        if self._lock_key is None or now < self._next_check:
+            return self._leading
+        self._next_check = now + min(self.poll, 1.0)
+        try:
+            if self._lock_conn is None:
+                self._lock_conn = self.runner.store.engine.connect()
+            if self._leading:
+                self._lock_conn.execute(select(1))  # the lock lives as long as this session
+            else:
+                self._leading = bool(self._lock_conn.execute(
+                    select(func.pg_try_advisory_lock(self._lock_key))
+                ).scalar())
+            self._lock_conn.commit()  # a session lock outlives the transaction
+        except Exception as exc:  # lost the connection, and with it any lock it held
+            log.debug("outbox lock check failed: %s", exc)
+            self._leading = False
+            self._release_lock()
+        return self._leading
+
+    def _release_lock(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()  # ends the session: the lock goes with it
+                conn.close()
+            except Exception:  # already broken: nothing to release
+                log.debug("closing the outbox lock connection failed", exc_info=True)
 
     def tick(self) -> int:
         """One pass: reap, then dispatch what is due. Returns the runs dispatched."""
+        if not self._lead():
+            return 0
         self.reaped += len(self.runner.reap())
         due = self.runner.store.dispatch_batch(
             limit=self.batch,
@@ -165,13 +220,21 @@ class Dispatcher:
                 self._stop.wait(1.0)
 
     def stop(self) -> None:
-        """Stop the background thread."""
+        """Stop the background thread (and give up the outbox to another dispatcher)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._listener is not None:
             self._listener.join(timeout=2)
+        self._release_lock()
+        self._leading = self._lock_key is None
+
+
+def _lock_key(outbox: str) -> int:
+    """The advisory lock id of an outbox: a stable signed 64-bit hash of its name."""
+    digest = hashlib.blake2b(f"tether-outbox:{outbox}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def wait_until_idle(provider: Provider, *, stop: threading.Event, poll: float = 0.1) -> None:

@@ -140,6 +140,8 @@ class _BrokerDispatcher(Dispatcher):
 
     def tick(self) -> int:
         """One pass: reap when due, then publish what is due while the queue has room."""
+        if not self._lead():
+            return 0
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + self.reap_every
@@ -344,6 +346,7 @@ class CeleryProvider(Provider):
             backlog=self.backlog,
             max_backlog=max(MAX_BACKLOG, 4 * concurrency),
             reap_every=max(settings.poll_interval, min(1.0, settings.lease_seconds / 4)),
+            outbox=f"celery:{settings.task_queue}",
         )
         # Fresh process-wide state for this worker: a previous embedded worker's stop flags
         # and event loop must not stop or serve this one.

@@ -276,7 +276,8 @@ class TemporalProvider(Provider):
             ),
         )
         self._dispatcher = Dispatcher(
-            self._runner, self._publish, poll=settings.poll_interval
+            self._runner, self._publish, poll=settings.poll_interval,
+            outbox=f"temporal:{settings.task_queue}",
         )
         polling = asyncio.create_task(worker.run())
         self._dispatcher.start()

@@ -58,6 +58,9 @@ NEW_RUN = insert(runs).returning(runs.c.id)
 """Insert a run: the columns are the parameters given."""
 NEW_ENTRIES = insert(ledger)
 NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
+ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+"""PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
+writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
 
 TIP = (
     select(ledger.c.seq, ledger.c.hash)

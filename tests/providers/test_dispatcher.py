@@ -1,0 +1,71 @@
+"""The outbox dispatcher of engine providers: on PostgreSQL one acts per outbox at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tether
+from tether import Context, Project
+from tether.providers.base import Dispatcher
+from tether.runtime.single import RunOne
+
+MakeProject = Callable[..., Project]
+
+
+def _dispatcher(project: Project, published: list[tuple[int, str]], outbox: str) -> Dispatcher:
+    return Dispatcher(RunOne(project.store, project.graph), published.extend, poll=0.01,
+                      outbox=outbox)
+
+
+def test_one_dispatcher_per_outbox_acts_and_another_takes_over_when_it_stops(
+    make_project: MakeProject, pg_url: str
+) -> None:
+    @tether.agent
+    def solo(ctx: Context) -> None:
+        return None
+
+    project = make_project([solo], database_url=pg_url)
+    first_out: list[tuple[int, str]] = []
+    second_out: list[tuple[int, str]] = []
+    other_out: list[tuple[int, str]] = []
+    first = _dispatcher(project, first_out, "celery:q1")
+    second = _dispatcher(project, second_out, "celery:q1")
+    other = _dispatcher(project, other_out, "celery:q2")  # another queue: its own outbox
+    try:
+        run1 = project.submit("solo", "k1").run_id
+        assert first.tick() == 1 and first.leading
+        run2 = project.submit("solo", "k2").run_id
+        assert second.tick() == 0 and not second.leading  # the lock is held
+        assert other.tick() == 1 and other.leading  # it published k2: separate outbox
+        assert first_out == [(run1, "solo")] and second_out == []
+        assert other_out == [(run2, "solo")]
+
+        first.stop()  # its session ends, and the lock with it
+        run3 = project.submit("solo", "k3").run_id
+        second._next_check = 0.0  # its next check is due (it checks once per poll)
+        assert second.tick() == 1 and second.leading
+        assert second_out == [(run3, "solo")]
+    finally:
+        for d in (first, second, other):
+            d.stop()
+            d.runner.close()
+
+
+def test_on_sqlite_every_dispatcher_acts(make_project: MakeProject) -> None:
+    @tether.agent
+    def solo(ctx: Context) -> None:
+        return None
+
+    project = make_project([solo])
+    out_a: list[tuple[int, str]] = []
+    out_b: list[tuple[int, str]] = []
+    a, b = _dispatcher(project, out_a, "celery:q"), _dispatcher(project, out_b, "celery:q")
+    try:
+        project.submit("solo", "k1")
+        assert a.tick() == 1 and a.leading
+        project.submit("solo", "k2")
+        assert b.tick() == 1 and b.leading
+    finally:
+        for d in (a, b):
+            d.stop()
+            d.runner.close()
