@@ -60,6 +60,13 @@ class Executor:
         # staggered the first runs into cohorts that group commit then kept apart
         # (half-size batches, a third fewer runs/s; docs/benchmarks.md).
         self.triage.prefetch(graph.agents)
+        if capture.config_for(store).enabled:
+            # Patch the HTTP clients now rather than in the first run: importing httpx and
+            # requests takes a few hundred ms of CPU, which a worker's first run (and, on
+            # a busy machine, every run beside it) would otherwise wait for.
+            from tether.capture.transports import install
+
+            install()
 
     def recorder(self, claim: Claim) -> StepRecorder:
         """A fresh step recorder for a claimed run."""

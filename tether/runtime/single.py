@@ -11,7 +11,9 @@ that arrived while its previous transaction was in flight into the next one. Und
 that is one synced commit for several runs' claims and records; alone, a request is
 committed at once. A completion's downstream runs are marked dispatched in the same
 transaction and handed to the engine right after the commit (``publish``), so a chain's
-next run does not wait for the outbox, which stays the safety net.
+next run does not wait for the outbox, which stays the safety net. With
+:meth:`RunOne.follow` (the Celery provider) the first of them, when its task is new, is
+instead claimed for this worker in that transaction and executed next on the same thread.
 """
 
 from __future__ import annotations
