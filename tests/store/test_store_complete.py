@@ -465,3 +465,35 @@ def test_a_discarded_completion_follows_nothing(store: Store) -> None:
     assert (accepted, dispatched, follow.claims) == ([], [], {})
     with pytest.raises(NotFound):
         store.get_task("b/k")
+
+
+def test_a_completion_waits_for_an_append_in_flight_and_chains_after_it(store: Store) -> None:
+    """New input lands on a task while its run is being recorded: the record waits for the
+    input's transaction and chains its entries after the input's (no fork, no failure)."""
+    import threading
+
+    claim = _claim(store, "kyc", "c1")
+    result: dict[str, Any] = {}
+    with store._write() as conn:
+        # An input arriving now holds the task's chain until it commits.
+        record = store._attach_input(conn, claim.task_id, {"doc": 2}, 105.0)
+        assert record is not None
+        store._append(conn, claim.task_id, [("input", record)], 105.0)
+
+        def complete() -> None:
+            try:
+                result["accepted"] = store.complete([_done(claim, output={"ok": True})])
+            except Exception as exc:  # surfaced below
+                result["error"] = exc
+
+        worker = threading.Thread(target=complete)
+        worker.start()
+        worker.join(0.5)
+        # On PostgreSQL the record waits for the chain's lock; SQLite serialises writers.
+        assert worker.is_alive() or store.dialect == "sqlite"
+    worker.join(10)
+
+    assert "error" not in result, result.get("error")
+    assert result["accepted"] == [claim.run_id]
+    report = verify(store.engine)
+    assert report.ok, report

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, select
+from sqlalchemy import Connection, Engine, exists, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tether.errors import StoreError
@@ -136,20 +136,7 @@ class StoreBase(StoreReads):
         ``(seq, hash)`` of each one's chain (absent: the chain is empty)."""
         for t in ids:
             self._lock_task(conn, t)
-        last = (
-            select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
-            .where(ledger.c.task_id.in_(ids))
-            .group_by(ledger.c.task_id)
-            .subquery()
-        )
-        return {
-            r.task_id: (r.seq, r.hash)
-            for r in conn.execute(
-                select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
-                    last, and_(ledger.c.task_id == last.c.task_id, ledger.c.seq == last.c.seq)
-                )
-            )
-        }
+        return {r.task_id: (r.seq, r.hash) for r in conn.execute(sql.TIPS, {"ids": list(ids)})}
 
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Float,
     String,
+    and_,
     bindparam,
     exists,
     func,
@@ -21,7 +22,6 @@ from sqlalchemy import (
     literal,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -62,22 +62,26 @@ ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 """PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
 writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
 
-TIP = (
-    select(ledger.c.seq, ledger.c.hash)
-    .where(ledger.c.task_id == tasks.c.id)
-    .order_by(ledger.c.seq.desc())
-    .limit(1)
-    .lateral("tip")
+_LAST = (
+    select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
+    .where(ledger.c.task_id.in_(bindparam("ids", expanding=True)))
+    .group_by(ledger.c.task_id)
+    .subquery()
 )
-PG_LOCK_TIPS = (
-    # One round trip for every task of a batch: the rows locked in id order (as the
-    # one-at-a-time locks were), each chain's tip read through a lateral join.
-    select(tasks.c.id, TIP.c.seq, TIP.c.hash)
-    .select_from(tasks.outerjoin(TIP, true()))
+TIPS = select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
+    _LAST, and_(ledger.c.task_id == _LAST.c.task_id, ledger.c.seq == _LAST.c.seq)
+)
+"""The tip ``(seq, hash)`` of each given task's chain (none for an empty chain)."""
+PG_LOCK_TASKS = (
+    select(tasks.c.id)
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(tasks.c.id)
-    .with_for_update(of=tasks)
+    .order_by(tasks.c.id)  # always in id order, so two batches never deadlock on them
+    .with_for_update()
 )
+"""Hold the given tasks' rows until commit: one appender per chain at a time. Its own
+statement, before :data:`TIPS`: a statement reads as of its start, so the tips must be read
+by a statement that starts once the locks are held (read in the locking statement, they
+could predate an append that committed while it waited)."""
 
 BUSY = runs.alias("busy")
 CLAIMABLE = (

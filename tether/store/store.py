@@ -152,8 +152,10 @@ class PostgresStore(Store):
         return True
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        rows = conn.execute(sql.PG_LOCK_TIPS, {"ids": list(ids)})
-        return {r.id: (r.seq, r.hash) for r in rows if r.seq is not None}
+        # Every task of a batch locked in one round trip, then the tips read (see
+        # sql.PG_LOCK_TASKS for why that takes two statements).
+        conn.execute(sql.PG_LOCK_TASKS, {"ids": list(ids)})
+        return {r.task_id: (r.seq, r.hash) for r in conn.execute(sql.TIPS, {"ids": list(ids)})}
 
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None
