@@ -54,6 +54,7 @@ def agent_of(run: Any) -> Any:
 TASK_ID = select(tasks.c.id).where(
     tasks.c.agent == bindparam("b_agent"), tasks.c.key == bindparam("b_key")
 )
+HAS_RUNS = select(exists().where(runs.c.task_id == bindparam("b_task")))
 NEW_RUN = insert(runs).returning(runs.c.id)
 """Insert a run: the columns are the parameters given."""
 NEW_ENTRIES = insert(ledger)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, select
+from sqlalchemy import Connection, insert, select
 
 from tether.jsonable import canonical, to_json
 from tether.store import statements as sql
@@ -48,10 +48,12 @@ class Submits(StoreBase):
                 if record is not None:
                     new_info = True
                     self._append(conn, task_id, [("input", record)], now)
-            has_runs = conn.execute(select(exists().where(runs.c.task_id == task_id))).scalar()
             run_id = None
-            if created or new_info or not has_runs:
-                run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note)
+            # A task this transaction created has no run yet and cannot be cancelled: its
+            # first run is queued without the checks (fresh).
+            if created or new_info or not conn.execute(sql.HAS_RUNS, {"b_task": task_id}).scalar():
+                run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note,
+                                       fresh=created)
             return Submission(task_id=task_id, run_id=run_id, created=created)
 
         return self._transact(body)
