@@ -181,8 +181,12 @@ class GroupCommit:
             for one in done:
                 self._commit([], [one])
             return
+        given: set[int] = set()
         for run_id, cfut in claims:
-            cfut.set_result(claimed.get(run_id))
+            # A run delivered twice can be asked for twice in one batch: only the first
+            # request gets the claim; the other finds it taken, as it would a moment later.
+            cfut.set_result(None if run_id in given else claimed.get(run_id))
+            given.add(run_id)
         for c, _, dfut in done:
             dfut.set_result(Recorded(c.run_id in accepted, dispatched.get(c.run_id, []),
                                      follow.get(c.run_id)))

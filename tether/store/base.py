@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, exists, insert, select
+from sqlalchemy import Connection, Engine, exists, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tether.errors import StoreError
@@ -16,7 +16,7 @@ from tether.store import statements as sql
 from tether.store.engine import WRITE
 from tether.store.ledger import GENESIS, chain, digest, ref_of
 from tether.store.reads import StoreReads
-from tether.store.schema import ledger, runs
+from tether.store.schema import runs
 
 _MISSING: Any = object()
 
@@ -65,8 +65,9 @@ class StoreBase(StoreReads):
         self, conn: Connection,
         batches: Sequence[tuple[int, Sequence[tuple[str, Mapping[str, Any]]], float]],
     ) -> None:
-        """`_append` for many tasks at once: one query for the tips, one insert."""
-        if not batches:
+        """Add records to several tasks' hash chains: their rows locked (one appender per
+        chain at a time), one query for the tips, one insert."""
+        if not any(entries for _, entries, _ in batches):
             return
         tips = self._lock_tips(conn, sorted({t for t, _, _ in batches}))
         rows = []
@@ -94,36 +95,7 @@ class StoreBase(StoreReads):
         now: float,
     ) -> None:
         """Add records to the task's hash chain (see :mod:`tether.store.ledger`)."""
-        if not entries:
-            return
-        self._lock_task(conn, task_id)  # one appender per chain at a time
-        tip = conn.execute(
-            select(ledger.c.seq, ledger.c.hash)
-            .where(ledger.c.task_id == task_id)
-            .order_by(ledger.c.seq.desc())
-            .limit(1)
-        ).first()
-        seq, prev = (tip.seq, tip.hash) if tip is not None else (0, GENESIS)
-        rows = []
-        for kind, record in entries:
-            seq += 1
-            record_digest = digest(kind, record)
-            ref = ref_of(kind, record)
-            entry_hash = chain(prev, kind, ref, record_digest)
-            rows.append(
-                {
-                    "task_id": task_id,
-                    "seq": seq,
-                    "kind": kind,
-                    "ref": ref,
-                    "digest": record_digest,
-                    "prev_hash": prev,
-                    "hash": entry_hash,
-                    "created_at": now,
-                }
-            )
-            prev = entry_hash
-        conn.execute(insert(ledger), rows)
+        self._append_many(conn, [(task_id, entries, now)])
 
     def _insert_ignore(self, table: Any) -> Any:
         raise NotImplementedError
