@@ -11,6 +11,7 @@ family at one boundary. Two exceptions are for agents, not for callers: an agent
     │   ├── NotFound         no task or run with that identifier
     │   └── Conflict         the operation does not apply in the task's state
     ├── OutputError          an agent's output (or a step's) cannot be stored as JSON
+    ├── InvalidKey           a task key that is empty or reserved (also a ValueError)
     └── AgentFailure         raised by agents to classify a failure
         ├── Retryable        the world failed; try again later
         └── Terminal         retrying cannot help
@@ -41,6 +42,10 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The operation does not apply to the task in its current state."""
+
+
+class InvalidKey(TetherError, ValueError):
+    """A task key Tether cannot accept: empty, or in a namespace Tether reserves."""
 
 
 class OutputError(TetherError):

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tether.config import Settings, load_settings
-from tether.errors import DiscoveryError
+from tether.errors import DiscoveryError, InvalidKey
 from tether.graph import Agent, Graph, build, discover
 from tether.runtime import Worker, WorkerStats
+from tether.runtime.execute import EVAL_KEY_PREFIX
 from tether.store import Store, Submission
 from tether.store.base import _MISSING
 
@@ -67,7 +68,14 @@ class Project:
             known = ", ".join(sorted(self.graph.agents)) or "none found"
             raise DiscoveryError(f"no agent named {agent!r} in this project (agents: {known})")
         if not isinstance(key, str) or not key:
-            raise ValueError("a task key must be a non-empty string")
+            raise InvalidKey("a task key must be a non-empty string")
+        if key.startswith(EVAL_KEY_PREFIX):
+            # Evaluation experiments' tasks live there and never emit triggers: a production
+            # task keyed there would silently stop its downstream agents.
+            raise InvalidKey(
+                f"task key {key!r}: keys starting with {EVAL_KEY_PREFIX!r} are reserved for "
+                "evaluation experiments (`tether eval run`); choose another key"
+            )
         return self.store.submit(agent, key, input)
 
     def worker(self, **options: Any) -> Worker:

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 import tether
-from tether import Context, DiscoveryError, Project, RetryPolicy, TaskStatus, WorkerStats
+from tether import (
+    Context,
+    DiscoveryError,
+    InvalidKey,
+    Project,
+    RetryPolicy,
+    TaskStatus,
+    WorkerStats,
+)
 from tether.store import RunStatus, StepWrite
 
 MakeProject = Callable[..., Project]
@@ -301,6 +309,8 @@ def test_submitting_to_an_unknown_agent_is_a_discovery_error(make_project: MakeP
         project.submit("qoute", "c1")
     with pytest.raises(ValueError, match="non-empty string"):
         project.submit("quote", "")
+    with pytest.raises(InvalidKey, match=r"'eval:1:c1'.*reserved for evaluation"):
+        project.submit("quote", "eval:1:c1")
     assert project.store.list_tasks() == []
 
 
