@@ -64,12 +64,18 @@ class StoreBase(StoreReads):
     def _append_many(
         self, conn: Connection,
         batches: Sequence[tuple[int, Sequence[tuple[str, Mapping[str, Any]]], float]],
+        *,
+        tips: dict[int, tuple[int, str]] | None = None,
     ) -> None:
         """Add records to several tasks' hash chains: their rows locked (one appender per
-        chain at a time), one query for the tips, one insert."""
+        chain at a time), one query for the tips, one insert. ``tips``: the caller has
+        locked the tasks and read their tips already."""
         if not any(entries for _, entries, _ in batches):
             return
-        tips = self._lock_tips(conn, sorted({t for t, _, _ in batches}))
+        if tips is None:
+            tips = self._lock_tips(conn, sorted({t for t, _, _ in batches}))
+        else:
+            tips = dict(tips)
         rows = []
         for task_id, entries, now in batches:
             seq, prev = tips.get(task_id, (0, GENESIS))

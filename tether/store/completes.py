@@ -19,6 +19,35 @@ INLINE_DISPATCH = 64
 decides when a large fan-out reaches the engine."""
 
 
+EdgeJob = tuple[Completion, Edge, "list[tuple[int, str]] | None", "Follow | None"]
+"""An edge to record: the completion, the edge, where to list its run for the engine
+(None: not handed over inline) and the follow that claims it if its task is new (None:
+not claimed; a run not claimed is handed over as the list says)."""
+
+
+def _plan_edges(
+    completions: Sequence[Completion],
+    dispatched: dict[int, list[tuple[int, str]]] | None,
+    follow: Follow | None,
+) -> list[EdgeJob]:
+    """Every edge of ``completions``, in order, with its hand-over decided up front (so
+    the one-statement edges of a batch can be sent together): at most
+    :data:`INLINE_DISPATCH` runs per completion are handed over inline, and the first
+    edge of each wanted completion to an agent this worker has is the one its worker
+    follows (if that task turns out to exist already, the completion follows nothing)."""
+    jobs: list[EdgeJob] = []
+    for c in completions:
+        out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
+        claimed = False
+        for i, edge in enumerate(c.edges):
+            claim = (follow is not None and not claimed
+                     and follow.takes(c.run_id, edge.agent))
+            claimed = claimed or claim
+            inline = out if out is not None and i < INLINE_DISPATCH else None
+            jobs.append((c, edge, inline, follow if claim else None))
+    return jobs
+
+
 class Completes(Submits):
     """Recording outcomes, steps and trigger edges; following a chain on its worker."""
 
@@ -97,9 +126,6 @@ class Completes(Submits):
             accepted.append(c.run_id)
             step_rows.extend((c.run_id, s) for s in c.steps)
             finals.append((c, final))
-            out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
-            for edge in c.edges:
-                self._record_edge(conn, c, edge, out, follow)
             if c.retry_at is not None:
                 self._enqueue(
                     conn,
@@ -109,6 +135,11 @@ class Completes(Submits):
                     attempt=c.attempt + 1,
                     available_at=c.retry_at,
                 )
+        jobs = _plan_edges([c for c, _ in finals], dispatched, follow)
+        recorded, tips = self._new_edges(conn, jobs, sorted({c.task_id for c, _ in finals}))
+        for job, done in zip(jobs, recorded, strict=True):
+            if not done:
+                self._record_edge(conn, *job)
         finished: dict[int, list[dict[str, Any]]] = {}
         for r in self._write_steps(conn, step_rows):
             finished.setdefault(r["run_id"], []).append(r)
@@ -119,6 +150,7 @@ class Completes(Submits):
                  c.finished_at)
                 for c, rec in finals
             ],
+            tips=tips,
         )
         return accepted
 
@@ -144,12 +176,10 @@ class Completes(Submits):
         dispatched: list[tuple[int, str]] | None = None,
         follow: Follow | None = None,
     ) -> None:
-        inline = dispatched is not None and len(dispatched) < INLINE_DISPATCH
-        claim = follow is not None and follow.takes(c.run_id, edge.agent)
-        if edge.requires == (edge.name,) and self._new_edge(
-            conn, c, edge, dispatched if inline else None, follow if claim else None
-        ):
-            return
+        """Record ``edge`` the general way (any task, joins): the downstream task, the
+        trigger, and the downstream run once every trigger it needs has fired — queued
+        and listed in ``dispatched`` when given, or claimed for ``follow.worker`` when
+        ``follow`` is given and this transaction created the task."""
         downstream, created = self._upsert_task(conn, edge.agent, edge.key, c.finished_at)
         added = conn.execute(
             self._new_trigger,
@@ -176,15 +206,25 @@ class Completes(Submits):
             )
             if not fired >= set(edge.requires):
                 return
-        if claim and created and follow is not None:
+        if created and follow is not None:
             follow.claims[c.run_id] = self._insert_claimed(conn, downstream, edge, c, follow)
             return
         run_id = self._enqueue(
             conn, downstream, reason="trigger", now=c.finished_at,
-            dispatched_at=c.finished_at if inline else None, fresh=created,
+            dispatched_at=None if dispatched is None else c.finished_at, fresh=created,
         )
-        if inline and run_id is not None and dispatched is not None:
+        if run_id is not None and dispatched is not None:
             dispatched.append((run_id, edge.agent))
+
+    def _new_edges(
+        self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
+    ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
+        """Record each job's edge by :meth:`_new_edge` where it applies (not a join, a new
+        task); returns which were recorded, and the chain tips of ``task_ids`` (locked)
+        when they were read on the way (None: :meth:`_append_many` reads them)."""
+        return [
+            job[1].requires == (job[1].name,) and self._new_edge(conn, *job) for job in jobs
+        ], None
 
     def _new_edge(
         self,

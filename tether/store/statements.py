@@ -8,6 +8,7 @@ PostgreSQL's own forms of a step (see :class:`tether.store.store.PostgresStore`)
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import (
@@ -149,6 +150,25 @@ NEW_RUN_CTE = (
 )
 PG_NEW_EDGE = select(NEW_RUN_CTE.c.id, NEW_RUN_CTE.c.task_id)
 """A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edge``."""
+
+@functools.cache
+def pg_new_edge_raw() -> tuple[str, dict[str, Any]]:
+    """:data:`PG_NEW_EDGE` as psycopg runs it (pipeline mode, below SQLAlchemy): its SQL
+    text and the values of the parameters it fixes itself. Compiled on first use, so
+    that a store on SQLite never loads the PostgreSQL dialect."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    compiled = PG_NEW_EDGE.compile(dialect=dialect())
+    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
+
+
+PG_LOCK_TASKS_RAW = "SELECT id FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+PG_TIPS_RAW = (
+    "SELECT l.task_id, l.seq, l.hash FROM ledger AS l JOIN (SELECT task_id, max(seq) AS seq "
+    "FROM ledger WHERE task_id = ANY(%(ids)s) GROUP BY task_id) AS m "
+    "ON m.task_id = l.task_id AND m.seq = l.seq"
+)
+""":data:`PG_LOCK_TASKS` and :data:`TIPS` for pipeline mode."""
 
 FINISH_RUN = (
     update(runs)

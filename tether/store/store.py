@@ -30,6 +30,7 @@ from tether.errors import StoreError
 from tether.store import migrate
 from tether.store import statements as sql
 from tether.store.base import _safe
+from tether.store.completes import EdgeJob
 from tether.store.engine import dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
@@ -74,6 +75,43 @@ class Store(Operators):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _edge_params(
+    c: Completion, edge: Edge, dispatched: list[tuple[int, str]] | None,
+    follow: Follow | None,
+) -> tuple[dict[str, Any], float | None]:
+    """The parameters of :data:`sql.PG_NEW_EDGE` for one edge, and the lease of the run
+    it claims for ``follow`` (None: queued, not claimed)."""
+    now = time.time()
+    lease = None if follow is None else now + follow.lease_seconds
+    return {
+        "agent": edge.agent, "key": edge.key, "name": edge.name, "up_task": c.task_id,
+        "up_run": c.run_id, "at": c.finished_at,
+        "status": "queued" if follow is None else "running",
+        "worker": None if follow is None else follow.worker,
+        "dispatched_at": None if follow is None and dispatched is None else c.finished_at,
+        "started_at": None if follow is None else now, "lease": lease,
+    }, lease
+
+
+def _edge_recorded(
+    row: Any, c: Completion, edge: Edge, dispatched: list[tuple[int, str]] | None,
+    follow: Follow | None, lease: float | None,
+) -> bool:
+    """Note what :data:`sql.PG_NEW_EDGE` returned: the run claimed for ``follow`` or
+    listed for the engine. False when it wrote nothing (the task exists)."""
+    if row is None:
+        return False
+    run_id, task_id = row[0], row[1]
+    if follow is not None and lease is not None:
+        follow.claims[c.run_id] = Claim(
+            run_id=run_id, task_id=task_id, agent=edge.agent, key=edge.key, attempt=1,
+            reason="trigger", note=None, lease_expires_at=lease,
+        )
+    elif dispatched is not None:
+        dispatched.append((run_id, edge.agent))
+    return True
 
 
 class SQLiteStore(Store):
@@ -130,26 +168,44 @@ class PostgresStore(Store):
     ) -> bool:
         # Three inserts in one round trip: a data-modifying CTE chain that writes nothing
         # past the task insert when the task exists (ON CONFLICT DO NOTHING returns no id).
-        now = time.time()
-        lease = None if follow is None else now + follow.lease_seconds
-        row = conn.execute(sql.PG_NEW_EDGE, {
-            "agent": edge.agent, "key": edge.key, "name": edge.name, "up_task": c.task_id,
-            "up_run": c.run_id, "at": c.finished_at,
-            "status": "queued" if follow is None else "running",
-            "worker": None if follow is None else follow.worker,
-            "dispatched_at": None if follow is None and dispatched is None else c.finished_at,
-            "started_at": None if follow is None else now, "lease": lease,
-        }).first()
-        if row is None:
-            return False
-        if follow is not None and lease is not None:
-            follow.claims[c.run_id] = Claim(
-                run_id=row.id, task_id=row.task_id, agent=edge.agent, key=edge.key, attempt=1,
-                reason="trigger", note=None, lease_expires_at=lease,
-            )
-        elif dispatched is not None:
-            dispatched.append((row.id, edge.agent))
-        return True
+        params, lease = _edge_params(c, edge, dispatched, follow)
+        row = conn.execute(sql.PG_NEW_EDGE, params).first()
+        return _edge_recorded(row, c, edge, dispatched, follow, lease)
+
+    def _new_edges(
+        self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
+    ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
+        # The batch's one-statement edges, its tasks' locks and its chain tips in one round
+        # trip (psycopg's pipeline mode, on the transaction's own connection): each
+        # statement still runs after the one before it, so the tips are read after the
+        # locks are held (see sql.PG_LOCK_TASKS).
+        simple = [j for j in jobs if j[1].requires == (j[1].name,)]
+        if not simple and not task_ids:
+            return [False] * len(jobs), None
+        import psycopg
+
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        statement, defaults = sql.pg_new_edge_raw()
+        sent = [_edge_params(c, edge, out, follow) for c, edge, out, follow in simple]
+        try:
+            with raw.pipeline():
+                edges = [raw.execute(statement, {**defaults, **p}) for p, _ in sent]
+                if task_ids:
+                    raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(task_ids)})
+                    tips = raw.execute(sql.PG_TIPS_RAW, {"ids": list(task_ids)})
+            rows = [cur.fetchone() for cur in edges]
+            found = tips.fetchall() if task_ids else []
+        except psycopg.Error as exc:
+            # As SQLAlchemy would raise it: the store's retry (deadlocks) and error
+            # messages look at the driver's error inside.
+            raise DBAPIError(statement, None, exc) from exc
+        recorded = iter(
+            _edge_recorded(row, c, edge, out, follow, lease)
+            for row, (c, edge, out, follow), (_, lease) in zip(rows, simple, sent, strict=True)
+        )
+        done = [next(recorded) if j[1].requires == (j[1].name,) else False for j in jobs]
+        return done, ({r[0]: (r[1], r[2]) for r in found} if task_ids else None)
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         # Every task of a batch locked in one round trip, then the tips read (see
