@@ -219,27 +219,11 @@ class Completes(Submits):
     def _new_edges(
         self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
     ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
-        """Record each job's edge by :meth:`_new_edge` where it applies (not a join, a new
-        task); returns which were recorded, and the chain tips of ``task_ids`` (locked)
-        when they were read on the way (None: :meth:`_append_many` reads them)."""
-        return [
-            job[1].requires == (job[1].name,) and self._new_edge(conn, *job) for job in jobs
-        ], None
-
-    def _new_edge(
-        self,
-        conn: Connection,
-        c: Completion,
-        edge: Edge,
-        dispatched: list[tuple[int, str]] | None,
-        follow: Follow | None,
-    ) -> bool:
-        """Record ``edge`` (not a join) in one statement when its task is new: the task,
-        the trigger and the task's first run (claimed for ``follow.worker`` when
-        ``follow`` is given, else queued and listed in ``dispatched`` when given).
-        False, with nothing written, when the task exists: the caller takes the general
-        path. The base store always answers False."""
-        return False
+        """Record the jobs' edges to new tasks the fast way where the dialect has one;
+        returns which were recorded (the rest take :meth:`_record_edge`), and the chain
+        tips of ``task_ids`` (locked) when they were read on the way (None:
+        :meth:`_append_many` reads them). The base store has no fast way."""
+        return [False] * len(jobs), None
 
     def _insert_claimed(
         self, conn: Connection, task_id: int, edge: Edge, c: Completion, follow: Follow

@@ -149,7 +149,7 @@ NEW_RUN_CTE = (
     .cte("new_run")
 )
 PG_NEW_EDGE = select(NEW_RUN_CTE.c.id, NEW_RUN_CTE.c.task_id)
-"""A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edge``."""
+"""A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edges``."""
 
 @functools.cache
 def pg_new_edge_raw() -> tuple[str, dict[str, Any]]:

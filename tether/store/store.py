@@ -158,25 +158,13 @@ class PostgresStore(Store):
         })
         return {row.id: dict(row._mapping) for row in rows}
 
-    def _new_edge(
-        self,
-        conn: Connection,
-        c: Completion,
-        edge: Edge,
-        dispatched: list[tuple[int, str]] | None,
-        follow: Follow | None,
-    ) -> bool:
-        # Three inserts in one round trip: a data-modifying CTE chain that writes nothing
-        # past the task insert when the task exists (ON CONFLICT DO NOTHING returns no id).
-        params, lease = _edge_params(c, edge, dispatched, follow)
-        row = conn.execute(sql.PG_NEW_EDGE, params).first()
-        return _edge_recorded(row, c, edge, dispatched, follow, lease)
-
     def _new_edges(
         self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
     ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
-        # The batch's one-statement edges, its tasks' locks and its chain tips in one round
-        # trip (psycopg's pipeline mode, on the transaction's own connection): each
+        # An edge to a new task is three inserts in one statement (sql.PG_NEW_EDGE: a
+        # data-modifying CTE that writes nothing past the task insert when the task
+        # exists). The batch's such edges, its tasks' locks and its chain tips go in one
+        # round trip (psycopg's pipeline mode, on the transaction's own connection); each
         # statement still runs after the one before it, so the tips are read after the
         # locks are held (see sql.PG_LOCK_TASKS).
         simple = [j for j in jobs if j[1].requires == (j[1].name,)]
