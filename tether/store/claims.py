@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
 
@@ -272,22 +273,10 @@ class Claims(Completes):
                 )
                 if retry_at is None:
                     reason += f"; gave up after {row.attempt} attempts"
-                final = conn.execute(
-                    update(runs)
-                    .where(
-                        runs.c.id == row.id,
-                        runs.c.status == "running",
-                        runs.c.lease_expires_at < now,
-                    )
-                    .values(
-                        status="failed",
-                        failure_class="retryable",
-                        failure_reason=reason,
-                        finished_at=now,
-                        lease_expires_at=None,
-                    )
-                    .returning(*sql.RUN_FIELDS)
-                ).first()
+                final = conn.execute(_fail_as_retryable(
+                    runs.c.id == row.id, runs.c.status == "running",
+                    runs.c.lease_expires_at < now, reason=reason, now=now,
+                )).first()
                 if final is None:
                     continue  # another worker reaped it first
                 reaped.append(row.id)
@@ -316,18 +305,10 @@ class Claims(Completes):
         now = time.time()
 
         def body(conn: Connection) -> list[int]:
-            finals = conn.execute(
-                update(runs)
-                .where(runs.c.id.in_(ids), runs.c.worker == worker, runs.c.status == "running")
-                .values(
-                    status="failed",
-                    failure_class="retryable",
-                    failure_reason=reason,
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
-                .returning(*sql.RUN_FIELDS)
-            ).all()
+            finals = conn.execute(_fail_as_retryable(
+                runs.c.id.in_(ids), runs.c.worker == worker, runs.c.status == "running",
+                reason=reason, now=now,
+            )).all()
             for final in finals:
                 self._append(conn, final.task_id, [("run", dict(final._mapping))], now)
                 self._enqueue(conn, final.task_id, reason="retry", now=now, attempt=final.attempt)
@@ -353,3 +334,15 @@ class Claims(Completes):
         with self.engine.connect() as conn:
             row = conn.execute(q).one()
         return Pending(queued=row[0], running=row[1], next_at=row[2], expired=row[3])
+
+
+def _fail_as_retryable(*where: Any, reason: str, now: float) -> Any:
+    """End the running runs ``where`` selects as retryable failures (a lost worker, a
+    stopping one), returning their final records for the ledger."""
+    return (
+        update(runs)
+        .where(*where)
+        .values(status="failed", failure_class="retryable", failure_reason=reason,
+                finished_at=now, lease_expires_at=None)
+        .returning(*sql.RUN_FIELDS)
+    )
