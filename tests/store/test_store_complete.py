@@ -432,6 +432,23 @@ def test_only_new_tasks_of_known_agents_are_followed_and_only_one_per_completion
     assert [r.status for r in store.runs_of(store.get_task("c/old").id)] == [RunStatus.QUEUED]
 
 
+def test_a_join_edge_first_does_not_stop_the_completion_following_its_next_edge(
+    store: Store,
+) -> None:
+    claim = _claim(store, "a", "k")
+    done = _done(claim, edges=(
+        _edge("j", "k", "a.done", ("a.done", "x.done")),  # a join: waits for x.done too
+        _edge("b", "k"),
+    ))
+
+    _, dispatched, follow = _follow(store, [done], agents={"a", "b", "j"})
+
+    nxt = follow.claims[claim.run_id]
+    assert (nxt.agent, nxt.key) == ("b", "k")
+    assert dispatched == []
+    assert store.runs_of(store.get_task("j/k").id) == []  # the join has not fired yet
+
+
 def test_a_completion_not_asked_to_follow_queues_its_downstream_run(store: Store) -> None:
     claim = _claim(store, "a", "k")
     done = _done(claim, edges=(_edge("b", "k"),))

@@ -40,7 +40,8 @@ def _plan_edges(
         out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
         claimed = False
         for i, edge in enumerate(c.edges):
-            claim = (follow is not None and not claimed
+            # A join is never followed: its run is queued by whichever trigger fires last.
+            claim = (follow is not None and not claimed and edge.requires == (edge.name,)
                      and follow.takes(c.run_id, edge.agent))
             claimed = claimed or claim
             inline = out if out is not None and i < INLINE_DISPATCH else None
