@@ -481,6 +481,10 @@ def test_ctrl_c_finishes_the_run_and_a_second_releases_it(
     with Project.load(folder, database_url=pg_url) as project:
         s = project.store
         assert [r.status for r in s.runs_of(s.get_task("work/case-1").id)] == ["succeeded"]
+        # A stopping worker follows no chain: the downstream run waits, queued, for the
+        # next worker instead of keeping this one from exiting.
+        assert [r.status for r in s.runs_of(s.get_task("after/case-1").id)] == ["queued"]
+        assert not any(r[0] == "after" for r in lines(folder))
 
     # A second Ctrl-C does not wait for the agent: the run is released, same attempt.
     (folder / "log.txt").unlink()

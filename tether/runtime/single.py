@@ -288,7 +288,7 @@ class RunOne:
         claim = self.committer.claim(run_id)
         if claim is None:
             return Outcome(run_id=run_id, executed=False)
-        return self._execute(claim, follow=False)[0]
+        return self._execute(claim, follow=_never)[0]
 
     def follow(self, run_id: int, *, go_on: Callable[[], bool] = lambda: True
                ) -> Iterator[Outcome]:
@@ -307,7 +307,7 @@ class RunOne:
             yield Outcome(run_id=run_id, executed=False)
             return
         while claim is not None:
-            outcome, claim = self._execute(claim, follow=go_on())
+            outcome, claim = self._execute(claim, follow=go_on)
             yield outcome
 
     def held(self) -> list[int]:
@@ -315,7 +315,9 @@ class RunOne:
         with self._lock:
             return list(self._held)
 
-    def _execute(self, claim: Claim, *, follow: bool) -> tuple[Outcome, Claim | None]:
+    def _execute(
+        self, claim: Claim, *, follow: Callable[[], bool]
+    ) -> tuple[Outcome, Claim | None]:
         run_id = claim.run_id
         with self._lock:
             recorder = self._held.get(run_id)  # a followed run is held since its claim
@@ -326,7 +328,9 @@ class RunOne:
         finally:
             with self._lock:
                 self._held.pop(run_id, None)
-        done = self.committer.complete(completion, follow=follow)
+        # Asked when the run is recorded, not when it started: a worker told to stop
+        # while the agent ran takes no next run.
+        done = self.committer.complete(completion, follow=follow())
         if done.follow is not None:
             # Held from now on: the heartbeat renews its lease while it waits its turn.
             with self._lock:
@@ -384,3 +388,6 @@ class RunOne:
             commit.close()
         self._executor.close()
 
+
+def _never() -> bool:
+    return False
