@@ -316,7 +316,8 @@ def test_a_batch_of_outcomes_lands_as_each_alone_would(store: Store) -> None:
         _done(ok, output=output, waiting_for=None,
               edges=(Edge("kyc.cleared", "quote", "case-0", ("kyc.cleared",)),)),
         _done(bad, succeeded=False, failure_class="terminal", failure_reason="bad id"),
-        _done(stale, worker="w-lost", output={"x": 1}),
+        _done(stale, worker="w-lost", output={"x": 1},
+              edges=(Edge("kyc.cleared", "quote", "case-2", ("kyc.cleared",)),)),
     ])
 
     assert sorted(accepted) == sorted([ok.run_id, bad.run_id])
@@ -327,6 +328,8 @@ def test_a_batch_of_outcomes_lands_as_each_alone_would(store: Store) -> None:
     assert (third.status, third.output, third.finished_at) == ("running", None, None)
     assert first.lease_expires_at is None and second.lease_expires_at is None
     assert store.get_task("quote/case-0").status == TaskStatus.QUEUED
+    with pytest.raises(NotFound):  # the stale completion's edge wrote nothing
+        store.get_task("quote/case-2")
     report = verify(store.engine)
     assert report.ok, report
 

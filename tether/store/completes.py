@@ -29,14 +29,16 @@ def _plan_edges(
     completions: Sequence[Completion],
     dispatched: dict[int, list[tuple[int, str]]] | None,
     follow: Follow | None,
-) -> list[EdgeJob]:
+) -> tuple[list[EdgeJob], list[int]]:
     """Every edge of ``completions``, in order, with its hand-over decided up front (so
-    the one-statement edges of a batch can be sent together): at most
+    the one-statement edges of a batch can be sent together with the statement that ends
+    the batch's runs), and the index of each edge's completion: at most
     :data:`INLINE_DISPATCH` runs per completion are handed over inline, and the first
     edge of each wanted completion to an agent this worker has is the one its worker
     follows (if that task turns out to exist already, the completion follows nothing)."""
     jobs: list[EdgeJob] = []
-    for c in completions:
+    owners: list[int] = []  # the index in ``completions`` of each job's completion
+    for n, c in enumerate(completions):
         out = None if dispatched is None else dispatched.setdefault(c.run_id, [])
         claimed = False
         for i, edge in enumerate(c.edges):
@@ -46,7 +48,8 @@ def _plan_edges(
             claimed = claimed or claim
             inline = out if out is not None and i < INLINE_DISPATCH else None
             jobs.append((c, edge, inline, follow if claim else None))
-    return jobs
+            owners.append(n)
+    return jobs, owners
 
 
 class Completes(Submits):
@@ -117,13 +120,18 @@ class Completes(Submits):
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []
-        finished_runs = self._finish_runs(conn, completions)
-        for c in completions:
+        jobs, owners = _plan_edges(completions, dispatched, follow)
+        finished_runs, recorded, tips = self._finish_with_edges(
+            conn, completions, jobs, sorted({c.task_id for c in completions})
+        )
+        kept: set[int] = set()
+        for n, c in enumerate(completions):
             final = finished_runs.pop(c.run_id, None)
             if final is None:
                 # The lease was lost (this worker no longer owns the run), or the same
                 # completion came twice in this batch and the first one recorded it.
                 continue
+            kept.add(n)
             accepted.append(c.run_id)
             step_rows.extend((c.run_id, s) for s in c.steps)
             finals.append((c, final))
@@ -136,10 +144,8 @@ class Completes(Submits):
                     attempt=c.attempt + 1,
                     available_at=c.retry_at,
                 )
-        jobs = _plan_edges([c for c, _ in finals], dispatched, follow)
-        recorded, tips = self._new_edges(conn, jobs, sorted({c.task_id for c, _ in finals}))
-        for job, done in zip(jobs, recorded, strict=True):
-            if not done:
+        for job, owner, done in zip(jobs, owners, recorded, strict=True):
+            if owner in kept and not done:
                 self._record_edge(conn, *job)
         finished: dict[int, list[dict[str, Any]]] = {}
         for r in self._write_steps(conn, step_rows):
@@ -217,14 +223,16 @@ class Completes(Submits):
         if run_id is not None and dispatched is not None:
             dispatched.append((run_id, edge.agent))
 
-    def _new_edges(
-        self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
-    ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
-        """Record the jobs' edges to new tasks the fast way where the dialect has one;
-        returns which were recorded (the rest take :meth:`_record_edge`), and the chain
-        tips of ``task_ids`` (locked) when they were read on the way (None:
-        :meth:`_append_many` reads them). The base store has no fast way."""
-        return [False] * len(jobs), None
+    def _finish_with_edges(
+        self, conn: Connection, completions: Sequence[Completion], jobs: Sequence[EdgeJob],
+        task_ids: Sequence[int],
+    ) -> tuple[dict[int, dict[str, Any]], list[bool], dict[int, tuple[int, str]] | None]:
+        """End the completions' runs (:meth:`_finish_runs`) and, where the dialect has a
+        fast way, record the jobs' edges to new tasks and read the chain tips of
+        ``task_ids`` (locked) on the way. Returns the ended runs' records by run id, which
+        jobs were recorded (the rest, of kept completions, take :meth:`_record_edge`), and
+        the tips (None: :meth:`_append_many` reads them). The base store has no fast way."""
+        return self._finish_runs(conn, completions), [False] * len(jobs), None
 
     def _insert_claimed(
         self, conn: Connection, task_id: int, edge: Edge, c: Completion, follow: Follow

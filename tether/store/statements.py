@@ -9,6 +9,7 @@ PostgreSQL's own forms of a step (see :class:`tether.store.store.PostgresStore`)
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from sqlalchemy import (
@@ -114,7 +115,23 @@ TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
 
 NEW_TASK_CTE = (
     pg_insert(tasks)
-    .values(agent=bindparam("agent"), key=bindparam("key"), created_at=bindparam("at"))
+    .from_select(
+        ["agent", "key", "created_at"],
+        select(
+            bindparam("agent", type_=String), bindparam("key", type_=String),
+            bindparam("at", type_=Float),
+        ).where(
+            # Only for a run this worker has just recorded as succeeded (sent in the same
+            # round trip as the statement that ends it, so a stale completion's edges
+            # write nothing).
+            exists().where(
+                runs.c.id == bindparam("up_run", type_=BigInteger),
+                runs.c.status == "succeeded",
+                runs.c.worker == bindparam("up_worker", type_=String),
+                runs.c.finished_at == bindparam("at", type_=Float),
+            )
+        ),
+    )
     .on_conflict_do_nothing()
     .returning(tasks.c.id)
     .cte("new_task")
@@ -150,25 +167,6 @@ NEW_RUN_CTE = (
 )
 PG_NEW_EDGE = select(NEW_RUN_CTE.c.id, NEW_RUN_CTE.c.task_id)
 """A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edges``."""
-
-@functools.cache
-def pg_new_edge_raw() -> tuple[str, dict[str, Any]]:
-    """:data:`PG_NEW_EDGE` as psycopg runs it (pipeline mode, below SQLAlchemy): its SQL
-    text and the values of the parameters it fixes itself. Compiled on first use, so
-    that a store on SQLite never loads the PostgreSQL dialect."""
-    from sqlalchemy.dialects.postgresql.psycopg import dialect
-
-    compiled = PG_NEW_EDGE.compile(dialect=dialect())
-    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
-
-
-PG_LOCK_TASKS_RAW = "SELECT id FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
-PG_TIPS_RAW = (
-    "SELECT l.task_id, l.seq, l.hash FROM ledger AS l JOIN (SELECT task_id, max(seq) AS seq "
-    "FROM ledger WHERE task_id = ANY(%(ids)s) GROUP BY task_id) AS m "
-    "ON m.task_id = l.task_id AND m.seq = l.seq"
-)
-""":data:`PG_LOCK_TASKS` and :data:`TIPS` for pipeline mode."""
 
 FINISH_RUN = (
     update(runs)
@@ -232,3 +230,28 @@ def step_values(run_id: int, s: StepWrite) -> dict[str, Any]:
         "started_at": s.started_at,
         "finished_at": s.finished_at,
     }
+
+
+# -- the same, as psycopg runs them in pipeline mode (below SQLAlchemy) --------------
+
+
+@functools.cache
+def pg_new_edge_raw() -> tuple[str, dict[str, Any]]:
+    """:data:`PG_NEW_EDGE` as psycopg runs it (pipeline mode, below SQLAlchemy): its SQL
+    text and the values of the parameters it fixes itself. Compiled on first use, so
+    that a store on SQLite never loads the PostgreSQL dialect."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    compiled = PG_NEW_EDGE.compile(dialect=dialect())
+    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
+
+
+PG_FINISH_RUNS_RAW = re.sub(r"(?<!:):(\w+)", r"%(\1)s", PG_FINISH_RUNS.text)
+""":data:`PG_FINISH_RUNS` for pipeline mode."""
+PG_LOCK_TASKS_RAW = "SELECT id FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+PG_TIPS_RAW = (
+    "SELECT l.task_id, l.seq, l.hash FROM ledger AS l JOIN (SELECT task_id, max(seq) AS seq "
+    "FROM ledger WHERE task_id = ANY(%(ids)s) GROUP BY task_id) AS m "
+    "ON m.task_id = l.task_id AND m.seq = l.seq"
+)
+""":data:`PG_LOCK_TASKS` and :data:`TIPS` for pipeline mode."""

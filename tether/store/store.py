@@ -77,6 +77,22 @@ class Store(Operators):
         self.close()
 
 
+def _finish_params(completions: Sequence[Completion]) -> dict[str, Any]:
+    """The parameters of :data:`sql.PG_FINISH_RUNS`: each column's values as an array."""
+    values = [sql.finish_values(c) for c in completions]
+    return {
+        "ids": [v["b_id"] for v in values],
+        "workers": [v["b_worker"] for v in values],
+        "statuses": [v["status"] for v in values],
+        "finished": [v["finished_at"] for v in values],
+        # Serialised as the JSON column would (json.dumps); NULL stays NULL.
+        "outputs": [None if v["output"] is None else json.dumps(v["output"]) for v in values],
+        "waiting": [v["waiting_for"] for v in values],
+        "classes": [v["failure_class"] for v in values],
+        "reasons": [v["failure_reason"] for v in values],
+    }
+
+
 def _edge_params(
     c: Completion, edge: Edge, dispatched: list[tuple[int, str]] | None,
     follow: Follow | None,
@@ -87,7 +103,7 @@ def _edge_params(
     lease = None if follow is None else now + follow.lease_seconds
     return {
         "agent": edge.agent, "key": edge.key, "name": edge.name, "up_task": c.task_id,
-        "up_run": c.run_id, "at": c.finished_at,
+        "up_run": c.run_id, "up_worker": c.worker, "at": c.finished_at,
         "status": "queued" if follow is None else "running",
         "worker": None if follow is None else follow.worker,
         "dispatched_at": None if follow is None and dispatched is None else c.finished_at,
@@ -138,62 +154,45 @@ class PostgresStore(Store):
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
 
-    def _finish_runs(
-        self, conn: Connection, completions: Sequence[Completion]
-    ) -> dict[int, dict[str, Any]]:
-        if len(completions) < 2:
-            return super()._finish_runs(conn, completions)
-        values = [sql.finish_values(c) for c in completions]
-        rows = conn.execute(sql.PG_FINISH_RUNS, {
-            "ids": [v["b_id"] for v in values],
-            "workers": [v["b_worker"] for v in values],
-            "statuses": [v["status"] for v in values],
-            "finished": [v["finished_at"] for v in values],
-            # Serialised as the JSON column would (json.dumps); NULL stays NULL.
-            "outputs": [None if v["output"] is None else json.dumps(v["output"])
-                        for v in values],
-            "waiting": [v["waiting_for"] for v in values],
-            "classes": [v["failure_class"] for v in values],
-            "reasons": [v["failure_reason"] for v in values],
-        })
-        return {row.id: dict(row._mapping) for row in rows}
-
-    def _new_edges(
-        self, conn: Connection, jobs: Sequence[EdgeJob], task_ids: Sequence[int]
-    ) -> tuple[list[bool], dict[int, tuple[int, str]] | None]:
-        # An edge to a new task is three inserts in one statement (sql.PG_NEW_EDGE: a
-        # data-modifying CTE that writes nothing past the task insert when the task
-        # exists). The batch's such edges, its tasks' locks and its chain tips go in one
-        # round trip (psycopg's pipeline mode, on the transaction's own connection); each
-        # statement still runs after the one before it, so the tips are read after the
-        # locks are held (see sql.PG_LOCK_TASKS).
-        simple = [j for j in jobs if j[1].requires == (j[1].name,)]
-        if not simple and not task_ids:
-            return [False] * len(jobs), None
+    def _finish_with_edges(
+        self, conn: Connection, completions: Sequence[Completion], jobs: Sequence[EdgeJob],
+        task_ids: Sequence[int],
+    ) -> tuple[dict[int, dict[str, Any]], list[bool], dict[int, tuple[int, str]] | None]:
+        # One round trip (psycopg's pipeline mode, on the transaction's own connection)
+        # for: ending the batch's runs; its edges to new tasks, each the task, the
+        # trigger and the first run in one statement (sql.PG_NEW_EDGE, which writes
+        # nothing when the task exists, or when its upstream run was not just recorded
+        # by this worker: a stale completion's edges); locking the batch's tasks; and
+        # reading their chain tips. Statements still run one after the other, so each
+        # sees what the ones before it wrote, and the tips are read after the locks are
+        # held (see sql.PG_LOCK_TASKS).
+        if not completions:
+            return {}, [False] * len(jobs), None
         import psycopg
 
         raw = conn.connection.driver_connection
         assert raw is not None
         statement, defaults = sql.pg_new_edge_raw()
-        sent = [_edge_params(c, edge, out, follow) for c, edge, out, follow in simple]
+        simple = [n for n, (_, edge, _, _) in enumerate(jobs) if edge.requires == (edge.name,)]
+        sent = [_edge_params(*jobs[n]) for n in simple]
         try:
             with raw.pipeline():
+                ended = raw.execute(sql.PG_FINISH_RUNS_RAW, _finish_params(completions))
                 edges = [raw.execute(statement, {**defaults, **p}) for p, _ in sent]
-                if task_ids:
-                    raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(task_ids)})
-                    tips = raw.execute(sql.PG_TIPS_RAW, {"ids": list(task_ids)})
+                raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(task_ids)})
+                tips = raw.execute(sql.PG_TIPS_RAW, {"ids": list(task_ids)})
+            names = [d.name for d in ended.description or ()]
+            finished = {row[0]: dict(zip(names, row, strict=True)) for row in ended.fetchall()}
             rows = [cur.fetchone() for cur in edges]
-            found = tips.fetchall() if task_ids else []
+            found = {r[0]: (r[1], r[2]) for r in tips.fetchall()}
         except psycopg.Error as exc:
             # As SQLAlchemy would raise it: the store's retry (deadlocks) and error
             # messages look at the driver's error inside.
             raise DBAPIError(statement, None, exc) from exc
-        recorded = iter(
-            _edge_recorded(row, c, edge, out, follow, lease)
-            for row, (c, edge, out, follow), (_, lease) in zip(rows, simple, sent, strict=True)
-        )
-        done = [next(recorded) if j[1].requires == (j[1].name,) else False for j in jobs]
-        return done, ({r[0]: (r[1], r[2]) for r in found} if task_ids else None)
+        recorded = [False] * len(jobs)
+        for n, row, (_, lease) in zip(simple, rows, sent, strict=True):
+            recorded[n] = _edge_recorded(row, *jobs[n], lease)
+        return finished, recorded, found
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         # Every task of a batch locked in one round trip, then the tips read (see
