@@ -539,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "call; 0 (the default) measures the harness alone")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
+    if args.work_ms < 0:
+        parser.error(f"--work-ms must be 0 or more (got {args.work_ms:g})")
     if args.quick:
         args.chains, args.latency_chains, args.rounds = 100, 20, 1
     workers = [int(w) for w in args.workers.split(",")]

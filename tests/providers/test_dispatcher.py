@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import tether
@@ -42,7 +43,7 @@ def test_one_dispatcher_per_outbox_acts_and_another_takes_over_when_it_stops(
 
         first.stop()  # its session ends, and the lock with it
         run3 = project.submit("solo", "k3").run_id
-        second._next_check = 0.0  # its next check is due (it checks once per poll)
+        time.sleep(0.05)  # a non-holder tries for the lock once per poll (0.01 s here)
         assert second.tick() == 1 and second.leading
         assert second_out == [(run3, "solo")]
     finally:

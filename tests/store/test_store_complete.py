@@ -517,3 +517,25 @@ def test_a_completion_waits_for_an_append_in_flight_and_chains_after_it(store: S
     assert result["accepted"] == [claim.run_id]
     report = verify(store.engine)
     assert report.ok, report
+
+
+def test_a_driver_error_in_a_postgresql_pipeline_surfaces_as_the_store_error(
+    pg_url: str,
+) -> None:
+    """Statements sent below SQLAlchemy (pipeline mode) fail like the others: a StoreError
+    naming the database's message, with the driver's error (and its SQLSTATE, which the
+    deadlock retry reads) kept inside."""
+    from sqlalchemy import text
+
+    from tether.store.store import _driver
+
+    store = Store.open(pg_url)
+    try:
+        with (pytest.raises(StoreError, match="division by zero") as caught,
+              store._write() as conn, _driver(conn) as raw, raw.pipeline()):
+            raw.execute("SELECT 1 / 0")
+        assert getattr(caught.value.__cause__.orig, "sqlstate", None) == "22012"
+        with store.engine.connect() as conn:  # the pooled connection is usable again
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -104,13 +105,22 @@ def agent_dict(a: Agent) -> dict[str, Any]:
     }
 
 
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A table of ``rows`` (cells already escaped or styled) under ``columns``."""
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def tasks_table(tasks: list[Task]) -> Table:
-    table = Table(title=f"Tasks ({len(tasks)})", title_justify="left")
-    for col in ("id", "task", "status", "runs", "created"):
-        table.add_column(col)
-    for t in tasks:
-        table.add_row(str(t.id), escape(t.ref), status(t.status), str(t.runs), when(t.created_at))
-    return table
+    return table(
+        f"Tasks ({len(tasks)})", ("id", "task", "status", "runs", "created"),
+        ((str(t.id), escape(t.ref), status(t.status), str(t.runs), when(t.created_at))
+         for t in tasks),
+    )
 
 
 def show_task(

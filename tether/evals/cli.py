@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tether.cli.render import console, emit_json, err_console
+from tether.cli.render import console, emit_json, err_console, table
 
 eval_app = typer.Typer(
     help="Evaluate agents: datasets with maturing labels, experiments, as-of scores, "
@@ -58,22 +58,15 @@ def _dataset(store: Any, ref: str) -> Any:
 
 
 def _as_of_table(ev: dict[str, Any]) -> Table:
-    t = Table(title=f"{escape(ev['experiment']['name'])}: agreement as of")
-    for col in ("as of", "agreement", "95% CI", "scored", "immature", "unlabeled", "errors"):
-        t.add_column(col)
+    rows = []
     for name, s in ev["as_of"].items():
         agreement = "-" if s["agreement"] is None else f"{s['agreement']:.4f}"
         ci = "-" if s["ci_low"] is None else f"{s['ci_low']:.3f} to {s['ci_high']:.3f}"
-        t.add_row(
-            escape(name),
-            agreement,
-            ci,
-            str(s["scored"]),
-            str(s["immature"]),
-            str(s["unlabeled"]),
-            str(s["errors"]),
-        )
-    return t
+        rows.append((escape(name), agreement, ci, str(s["scored"]), str(s["immature"]),
+                     str(s["unlabeled"]), str(s["errors"])))
+    return table(f"{escape(ev['experiment']['name'])}: agreement as of",
+                 ("as of", "agreement", "95% CI", "scored", "immature", "unlabeled", "errors"),
+                 rows)
 
 
 def _print_eval(ev: dict[str, Any]) -> None:
@@ -124,18 +117,11 @@ def datasets(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="Datasets")
-    for col in ("ref", "cases", "observations", "parent", "source"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            escape(r["ref"]),
-            str(r["cases"]),
-            str(r["observations"]),
-            escape(r["parent"] or ""),
-            escape(r["source"] or ""),
-        )
-    console.print(t)
+    console.print(table("Datasets", ("ref", "cases", "observations", "parent", "source"), (
+        (escape(r["ref"]), str(r["cases"]), str(r["observations"]),
+         escape(r["parent"] or ""), escape(r["source"] or ""))
+        for r in rows
+    )))
 
 
 @eval_app.command("run")
@@ -243,18 +229,11 @@ def experiments(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="Experiments")
-    for col in ("id", "name", "agent", "dataset", "done"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            str(r["id"]),
-            escape(r["name"]),
-            escape(r["agent"]),
-            escape(r["dataset"]),
-            f"{r['finished_cases']}/{r['cases']}",
-        )
-    console.print(t)
+    console.print(table("Experiments", ("id", "name", "agent", "dataset", "done"), (
+        (str(r["id"]), escape(r["name"]), escape(r["agent"]), escape(r["dataset"]),
+         f"{r['finished_cases']}/{r['cases']}")
+        for r in rows
+    )))
 
 
 @eval_app.command("score")
@@ -437,14 +416,9 @@ def disagreements(
     if as_json:
         emit_json(rows)
         return
-    t = Table(title=f"Disagreements of {escape(exp.name)}")
-    for col in ("case", "classification", "first", "re-run"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            escape(r["key"]),
-            r["classification"],
-            escape(str(r["first_decision"])),
-            escape(str(r["rerun_decision"])),
-        )
-    console.print(t)
+    console.print(table(f"Disagreements of {escape(exp.name)}",
+                        ("case", "classification", "first", "re-run"), (
+        (escape(r["key"]), r["classification"], escape(str(r["first_decision"])),
+         escape(str(r["rerun_decision"])))
+        for r in rows
+    )))

@@ -114,9 +114,9 @@ class Completes(Submits):
         triggers queue are marked dispatched in the same insert and listed there, as
         ``(run id, agent)`` under the completion's run id, for the caller to hand to its
         engine right after the commit; the outbox re-dispatches any it then fails to hand
-        over. With ``follow``, the
-        first run each wanted completion's triggers queue for a new task is inserted
-        claimed by ``follow.worker`` instead (see :class:`~tether.store.writes.Follow`)."""
+        over. With ``follow``, the first run each wanted completion's triggers queue for a
+        new task is inserted claimed by ``follow.worker`` instead (see
+        :class:`~tether.store.writes.Follow`)."""
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []

@@ -75,17 +75,6 @@ TIPS = select(ledger.c.task_id, ledger.c.seq, ledger.c.hash).join(
     _LAST, and_(ledger.c.task_id == _LAST.c.task_id, ledger.c.seq == _LAST.c.seq)
 )
 """The tip ``(seq, hash)`` of each given task's chain (none for an empty chain)."""
-PG_LOCK_TASKS = (
-    select(tasks.c.id)
-    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(tasks.c.id)  # always in id order, so two batches never deadlock on them
-    .with_for_update()
-)
-"""Hold the given tasks' rows until commit: one appender per chain at a time. Its own
-statement, before :data:`TIPS`: a statement reads as of its start, so the tips must be read
-by a statement that starts once the locks are held (read in the locking statement, they
-could predate an append that committed while it waited)."""
-
 BUSY = runs.alias("busy")
 CLAIMABLE = (
     runs.c.id.in_(bindparam("ids", expanding=True)),
@@ -248,10 +237,17 @@ def pg_new_edge_raw() -> tuple[str, dict[str, Any]]:
 
 PG_FINISH_RUNS_RAW = re.sub(r"(?<!:):(\w+)", r"%(\1)s", PG_FINISH_RUNS.text)
 """:data:`PG_FINISH_RUNS` for pipeline mode."""
-PG_LOCK_TASKS_RAW = "SELECT id FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+PG_LOCK_TASKS_RAW = (
+    # Always in id order, so two batches never deadlock on them.
+    "SELECT id FROM tasks WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+)
+"""Hold the given tasks' rows until commit: one appender per chain at a time. Its own
+statement, before :data:`PG_TIPS_RAW`: a statement reads as of its start, so the tips must
+be read by a statement that starts once the locks are held (read in the locking statement,
+they could predate an append that committed while it waited)."""
 PG_TIPS_RAW = (
     "SELECT l.task_id, l.seq, l.hash FROM ledger AS l JOIN (SELECT task_id, max(seq) AS seq "
     "FROM ledger WHERE task_id = ANY(%(ids)s) GROUP BY task_id) AS m "
     "ON m.task_id = l.task_id AND m.seq = l.seq"
 )
-""":data:`PG_LOCK_TASKS` and :data:`TIPS` for pipeline mode."""
+""":data:`TIPS` with an array parameter, for pipeline mode."""

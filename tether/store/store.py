@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -75,6 +76,28 @@ class Store(Operators):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _driver(conn: Connection) -> Iterator[Any]:
+    """The psycopg connection under ``conn`` (same transaction), for pipeline mode; its
+    errors raised as SQLAlchemy would raise them, so the store's deadlock retry and error
+    messages see the driver's error inside."""
+    import psycopg
+
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        yield raw
+    except psycopg.Error as exc:
+        raise DBAPIError("(pipeline)", None, exc) from exc
+
+
+def _lock_tips_in(raw: Any, ids: Sequence[int]) -> Any:
+    """Queue, on a pipeline, the lock of tasks ``ids`` and the read of their chain tips;
+    returns the cursor the tips will be on (``task_id, seq, hash`` rows)."""
+    raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(ids)})
+    return raw.execute(sql.PG_TIPS_RAW, {"ids": list(ids)})
 
 
 def _finish_params(completions: Sequence[Completion]) -> dict[str, Any]:
@@ -165,40 +188,33 @@ class PostgresStore(Store):
         # by this worker: a stale completion's edges); locking the batch's tasks; and
         # reading their chain tips. Statements still run one after the other, so each
         # sees what the ones before it wrote, and the tips are read after the locks are
-        # held (see sql.PG_LOCK_TASKS).
+        # held (see sql.PG_LOCK_TASKS_RAW).
         if not completions:
             return {}, [False] * len(jobs), None
-        import psycopg
-
-        raw = conn.connection.driver_connection
-        assert raw is not None
         statement, defaults = sql.pg_new_edge_raw()
         simple = [n for n, (_, edge, _, _) in enumerate(jobs) if edge.requires == (edge.name,)]
         sent = [_edge_params(*jobs[n]) for n in simple]
-        try:
+        with _driver(conn) as raw:
             with raw.pipeline():
                 ended = raw.execute(sql.PG_FINISH_RUNS_RAW, _finish_params(completions))
                 edges = [raw.execute(statement, {**defaults, **p}) for p, _ in sent]
-                raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(task_ids)})
-                tips = raw.execute(sql.PG_TIPS_RAW, {"ids": list(task_ids)})
+                tips = _lock_tips_in(raw, task_ids)
             names = [d.name for d in ended.description or ()]
             finished = {row[0]: dict(zip(names, row, strict=True)) for row in ended.fetchall()}
             rows = [cur.fetchone() for cur in edges]
             found = {r[0]: (r[1], r[2]) for r in tips.fetchall()}
-        except psycopg.Error as exc:
-            # As SQLAlchemy would raise it: the store's retry (deadlocks) and error
-            # messages look at the driver's error inside.
-            raise DBAPIError(statement, None, exc) from exc
         recorded = [False] * len(jobs)
         for n, row, (_, lease) in zip(simple, rows, sent, strict=True):
             recorded[n] = _edge_recorded(row, *jobs[n], lease)
         return finished, recorded, found
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        # Every task of a batch locked in one round trip, then the tips read (see
-        # sql.PG_LOCK_TASKS for why that takes two statements).
-        conn.execute(sql.PG_LOCK_TASKS, {"ids": list(ids)})
-        return {r.task_id: (r.seq, r.hash) for r in conn.execute(sql.TIPS, {"ids": list(ids)})}
+        # Every task locked, then the tips read, in one round trip (two statements: see
+        # sql.PG_LOCK_TASKS_RAW).
+        with _driver(conn) as raw:
+            with raw.pipeline():
+                tips = _lock_tips_in(raw, ids)
+            return {r[0]: (r[1], r[2]) for r in tips.fetchall()}
 
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None
