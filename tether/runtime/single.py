@@ -36,7 +36,7 @@ from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
 from tether.store.base import _is_conflict
 from tether.store.engine import WRITE
-from tether.store.writes import Claim, Follow
+from tether.store.writes import Claim, ClaimIds, Follow
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +202,24 @@ class GroupCommit:
                     self._conn.execution_options(**{WRITE: True})
                 conn = self._conn
                 follow = Follow(self.worker, self.lease_seconds, self.agents, wanted)
+                claims = ClaimIds(run_ids, self.worker, self.lease_seconds)
                 with conn.begin():
                     dispatched: dict[int, list[tuple[int, str]]] = {}
-                    accepted = set(store._complete(
-                        conn, completions, dispatched if self.inline_dispatch else None,
-                        follow=follow,
-                    )) if completions else set()
-                    claimed = (
-                        store._claim_ids(conn, run_ids, worker=self.worker,
-                                         lease_seconds=self.lease_seconds)
-                        if run_ids else {}
-                    )
+                    if completions:
+                        # The claims go with the records (on PostgreSQL in the same round
+                        # trip), and nothing follows, so the COMMIT may go with the last
+                        # statement.
+                        accepted = set(store._complete(
+                            conn, completions, dispatched if self.inline_dispatch else None,
+                            follow=follow, claims=claims if run_ids else None, last=True,
+                        ))
+                    else:
+                        accepted = set()
+                        claims.claimed = store._claim_ids(
+                            conn, run_ids, worker=self.worker, lease_seconds=self.lease_seconds
+                        )
                 self.transactions += 1
-                return accepted, dispatched, claimed, follow.claims
+                return accepted, dispatched, claims.claimed, follow.claims
             except (OperationalError, DBAPIError) as exc:
                 lost = getattr(exc, "connection_invalidated", False)
                 if lost or self._conn is None or self._conn.invalidated:

@@ -14,6 +14,7 @@ from tether.store.records import (
 from tether.store.store import PostgresStore, SQLiteStore, Store
 from tether.store.writes import (
     Claim,
+    ClaimIds,
     Completion,
     Edge,
     Follow,
@@ -24,6 +25,7 @@ from tether.store.writes import (
 
 __all__ = [
     "Claim",
+    "ClaimIds",
     "Completion",
     "Edge",
     "FailureClass",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from tether.store.engine import WRITE
 from tether.store.ledger import GENESIS, chain, digest, ref_of
 from tether.store.reads import StoreReads
 from tether.store.schema import runs
+from tether.store.writes import Claim
 
 _MISSING: Any = object()
 
@@ -66,10 +67,12 @@ class StoreBase(StoreReads):
         batches: Sequence[tuple[int, Sequence[tuple[str, Mapping[str, Any]]], float]],
         *,
         tips: dict[int, tuple[int, str]] | None = None,
+        last: bool = False,
     ) -> None:
         """Add records to several tasks' hash chains: their rows locked (one appender per
         chain at a time), one query for the tips, one insert. ``tips``: the caller has
-        locked the tasks and read their tips already."""
+        locked the tasks and read their tips already. ``last``: this is the transaction's
+        last write (see :meth:`_insert_entries`)."""
         if not any(entries for _, entries, _ in batches):
             return
         if tips is None:
@@ -94,7 +97,16 @@ class StoreBase(StoreReads):
                 prev = entry_hash
             tips[task_id] = (seq, prev)
         if rows:
-            conn.execute(sql.NEW_ENTRIES, rows)
+            self._insert_entries(conn, rows, last=last)
+
+    def _insert_entries(
+        self, conn: Connection, rows: list[dict[str, Any]], *, last: bool = False
+    ) -> None:
+        """Insert ledger rows. With ``last`` the caller writes nothing more in this
+        transaction and commits it on return, so a dialect may send the COMMIT with the
+        insert (PostgreSQL: one round trip for both; the caller's commit then finds
+        nothing left to do)."""
+        conn.execute(sql.NEW_ENTRIES, rows)
 
     def _append(
         self, conn: Connection, task_id: int, entries: Sequence[tuple[str, Mapping[str, Any]]],
@@ -116,6 +128,29 @@ class StoreBase(StoreReads):
             self._lock_task(conn, t)
         return {r.task_id: (r.seq, r.hash) for r in conn.execute(sql.TIPS, {"ids": list(ids)})}
 
+    def _claim_ids(
+        self,
+        conn: Connection,
+        run_ids: Collection[int],
+        *,
+        worker: str,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> dict[int, Claim]:
+        """:meth:`claim_run` for several ids in one statement (plus one for the task names),
+        inside the caller's transaction: the group commit of engine providers."""
+        params, lease = claim_params(run_ids, worker=worker, lease_seconds=lease_seconds, now=now)
+        if self.dialect == "postgresql":
+            rows: Sequence[Sequence[Any]] = conn.execute(sql.PG_CLAIM_IDS, params).all()
+        else:  # SQLite's RETURNING may not name the FROM table
+            found = conn.execute(sql.CLAIM_IDS, params).all()
+            names = {
+                t.id: (t.agent, t.key)
+                for t in conn.execute(sql.TASK_NAMES, {"ids": [r.task_id for r in found]})
+            } if found else {}
+            rows = [(*r, *names[r.task_id]) for r in found]
+        return claims_of(rows, lease)
+
     def _claim_candidates(
         self, now: float, limit: int, agents: Collection[str] | None = None
     ) -> Any:
@@ -136,6 +171,25 @@ class StoreBase(StoreReads):
             .order_by(r.c.available_at, r.c.id)
             .limit(limit)
         )
+
+
+def claim_params(
+    run_ids: Collection[int], *, worker: str, lease_seconds: float, now: float | None = None
+) -> tuple[dict[str, Any], float]:
+    """The parameters of the statements that claim runs by id, and the lease they set."""
+    now = time.time() if now is None else now
+    lease = now + lease_seconds
+    return {"ids": list(run_ids), "b_now": now, "worker": worker, "started_at": now,
+            "lease_expires_at": lease}, lease
+
+
+def claims_of(rows: Iterable[Sequence[Any]], lease: float) -> dict[int, Claim]:
+    """Claims by run id, from rows ``(id, task_id, attempt, reason, note, agent, key)``."""
+    return {
+        r[0]: Claim(run_id=r[0], task_id=r[1], attempt=r[2], reason=r[3], note=r[4],
+                    agent=r[5], key=r[6], lease_expires_at=lease)
+        for r in rows
+    }
 
 
 def _is_conflict(exc: BaseException | None) -> bool:

@@ -132,44 +132,6 @@ class Claims(Completes):
             )
         ).get(run_id)
 
-    def _claim_ids(
-        self,
-        conn: Connection,
-        run_ids: Collection[int],
-        *,
-        worker: str,
-        lease_seconds: float,
-        now: float | None = None,
-    ) -> dict[int, Claim]:
-        """:meth:`claim_run` for several ids in one statement (plus one for the task names),
-        inside the caller's transaction: the group commit of engine providers."""
-        now = time.time() if now is None else now
-        lease = now + lease_seconds
-        params = {"ids": list(run_ids), "b_now": now, "worker": worker, "started_at": now,
-                  "lease_expires_at": lease}
-        if self.dialect == "postgresql":
-            rows = conn.execute(sql.PG_CLAIM_IDS, params).all()
-            names = {r.task_id: (r.agent, r.key) for r in rows}
-        else:  # SQLite's RETURNING may not name the FROM table
-            rows = conn.execute(sql.CLAIM_IDS, params).all()
-            names = {
-                t.id: (t.agent, t.key)
-                for t in conn.execute(sql.TASK_NAMES, {"ids": [r.task_id for r in rows]})
-            } if rows else {}
-        return {
-            r.id: Claim(
-                run_id=r.id,
-                task_id=r.task_id,
-                agent=names[r.task_id][0],
-                key=names[r.task_id][1],
-                attempt=r.attempt,
-                reason=r.reason,
-                note=r.note,
-                lease_expires_at=lease,
-            )
-            for r in rows
-        }
-
     def dispatch_batch(
         self,
         *,

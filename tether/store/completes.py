@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from tether.store import statements as sql
 from tether.store.schema import steps, triggers
 from tether.store.submits import Submits
-from tether.store.writes import Claim, Completion, Edge, Follow, StepWrite
+from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow, StepWrite
 
 INLINE_DISPATCH = 64
 """At most this many runs that one transaction's triggers queue are handed over inline
@@ -100,7 +100,7 @@ class Completes(Submits):
         """
         if not completions:
             return []
-        return self._transact(lambda conn: self._complete(conn, completions))
+        return self._transact(lambda conn: self._complete(conn, completions, last=True))
 
     def _complete(
         self,
@@ -109,6 +109,8 @@ class Completes(Submits):
         dispatched: dict[int, list[tuple[int, str]]] | None = None,
         *,
         follow: Follow | None = None,
+        claims: ClaimIds | None = None,
+        last: bool = False,
     ) -> list[int]:
         """Record ``completions``. With ``dispatched`` (engine providers), the runs their
         triggers queue are marked dispatched in the same insert and listed there, as
@@ -116,14 +118,22 @@ class Completes(Submits):
         engine right after the commit; the outbox re-dispatches any it then fails to hand
         over. With ``follow``, the first run each wanted completion's triggers queue for a
         new task is inserted claimed by ``follow.worker`` instead (see
-        :class:`~tether.store.writes.Follow`)."""
+        :class:`~tether.store.writes.Follow`). With ``claims``, those runs are claimed in
+        the same transaction (see :class:`~tether.store.writes.ClaimIds`). ``last``: the
+        caller writes nothing more in this transaction and commits it on return (the
+        dialect may send the COMMIT with the last statement)."""
         accepted: list[int] = []
         step_rows: list[tuple[int, StepWrite]] = []
         finals: list[tuple[Completion, dict[str, Any]]] = []
         jobs, owners = _plan_edges(completions, dispatched, follow)
         finished_runs, recorded, tips = self._finish_with_edges(
-            conn, completions, jobs, sorted({c.task_id for c in completions})
+            conn, completions, jobs, sorted({c.task_id for c in completions}), claims
         )
+        if claims is not None and not claims.done:
+            claims.claimed = self._claim_ids(
+                conn, claims.run_ids, worker=claims.worker, lease_seconds=claims.lease_seconds
+            )
+            claims.done = True
         kept: set[int] = set()
         for n, c in enumerate(completions):
             final = finished_runs.pop(c.run_id, None)
@@ -158,6 +168,7 @@ class Completes(Submits):
                 for c, rec in finals
             ],
             tips=tips,
+            last=last,
         )
         return accepted
 
@@ -225,13 +236,14 @@ class Completes(Submits):
 
     def _finish_with_edges(
         self, conn: Connection, completions: Sequence[Completion], jobs: Sequence[EdgeJob],
-        task_ids: Sequence[int],
+        task_ids: Sequence[int], claims: ClaimIds | None = None,
     ) -> tuple[dict[int, dict[str, Any]], list[bool], dict[int, tuple[int, str]] | None]:
         """End the completions' runs (:meth:`_finish_runs`) and, where the dialect has a
-        fast way, record the jobs' edges to new tasks and read the chain tips of
-        ``task_ids`` (locked) on the way. Returns the ended runs' records by run id, which
-        jobs were recorded (the rest, of kept completions, take :meth:`_record_edge`), and
-        the tips (None: :meth:`_append_many` reads them). The base store has no fast way."""
+        fast way, record the jobs' edges to new tasks, read the chain tips of ``task_ids``
+        (locked) and make ``claims`` on the way. Returns the ended runs' records by run id,
+        which jobs were recorded (the rest, of kept completions, take
+        :meth:`_record_edge`), and the tips (None: :meth:`_append_many` reads them). The
+        base store has no fast way: :meth:`_complete` makes the claims after."""
         return self._finish_runs(conn, completions), [False] * len(jobs), None
 
     def _insert_claimed(

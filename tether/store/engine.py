@@ -94,9 +94,19 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
+    # Every statement planned with its own values. psycopg prepares a statement run five
+    # times, and PostgreSQL may then keep one generic plan for good; one made while the
+    # tables were young (a new store: no statistics yet) scans where an index would do,
+    # and stays, getting slower as the tables grow (measured: a chain's edge 0.35 ms with
+    # custom plans, 1.4 ms and rising with the generic one). Planning these statements
+    # costs less than that risk.
+    options = ["-c plan_cache_mode=force_custom_plan"]
     if durability != "full":
-        connect_args["options"] = "-c synchronous_commit=off"
+        options.append("-c synchronous_commit=off")
+    if parsed.query.get("options"):  # the URL's own options come last, so they win
+        options.append(str(parsed.query["options"]))
+        parsed = parsed.difference_update_query(["options"])
+    connect_args: dict[str, Any] = {"options": " ".join(options)}
     try:
         return create_engine(
             parsed,

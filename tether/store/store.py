@@ -30,12 +30,12 @@ from tether.config import Settings
 from tether.errors import StoreError
 from tether.store import migrate
 from tether.store import statements as sql
-from tether.store.base import _safe
+from tether.store.base import _safe, claim_params, claims_of
 from tether.store.completes import EdgeJob
 from tether.store.engine import dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
-from tether.store.writes import Claim, Completion, Edge, Follow
+from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow
 
 
 class Store(Operators):
@@ -98,22 +98,6 @@ def _lock_tips_in(raw: Any, ids: Sequence[int]) -> Any:
     returns the cursor the tips will be on (``task_id, seq, hash`` rows)."""
     raw.execute(sql.PG_LOCK_TASKS_RAW, {"ids": list(ids)})
     return raw.execute(sql.PG_TIPS_RAW, {"ids": list(ids)})
-
-
-def _finish_params(completions: Sequence[Completion]) -> dict[str, Any]:
-    """The parameters of :data:`sql.PG_FINISH_RUNS`: each column's values as an array."""
-    values = [sql.finish_values(c) for c in completions]
-    return {
-        "ids": [v["b_id"] for v in values],
-        "workers": [v["b_worker"] for v in values],
-        "statuses": [v["status"] for v in values],
-        "finished": [v["finished_at"] for v in values],
-        # Serialised as the JSON column would (json.dumps); NULL stays NULL.
-        "outputs": [None if v["output"] is None else json.dumps(v["output"]) for v in values],
-        "waiting": [v["waiting_for"] for v in values],
-        "classes": [v["failure_class"] for v in values],
-        "reasons": [v["failure_reason"] for v in values],
-    }
 
 
 def _edge_params(
@@ -179,34 +163,56 @@ class PostgresStore(Store):
 
     def _finish_with_edges(
         self, conn: Connection, completions: Sequence[Completion], jobs: Sequence[EdgeJob],
-        task_ids: Sequence[int],
+        task_ids: Sequence[int], claims: ClaimIds | None = None,
     ) -> tuple[dict[int, dict[str, Any]], list[bool], dict[int, tuple[int, str]] | None]:
         # One round trip (psycopg's pipeline mode, on the transaction's own connection)
         # for: ending the batch's runs; its edges to new tasks, each the task, the
         # trigger and the first run in one statement (sql.PG_NEW_EDGE, which writes
         # nothing when the task exists, or when its upstream run was not just recorded
-        # by this worker: a stale completion's edges); locking the batch's tasks; and
-        # reading their chain tips. Statements still run one after the other, so each
-        # sees what the ones before it wrote, and the tips are read after the locks are
-        # held (see sql.PG_LOCK_TASKS_RAW).
+        # by this worker: a stale completion's edges); locking the batch's tasks; reading
+        # their chain tips; and the claims. Statements still run one after the other, so
+        # each sees what the ones before it wrote, and the tips are read after the locks
+        # are held (see sql.PG_LOCK_TASKS_RAW).
         if not completions:
             return {}, [False] * len(jobs), None
-        statement, defaults = sql.pg_new_edge_raw()
+        statement, defaults = sql.pg_raw("PG_NEW_EDGE")
         simple = [n for n, (_, edge, _, _) in enumerate(jobs) if edge.requires == (edge.name,)]
         sent = [_edge_params(*jobs[n]) for n in simple]
         with _driver(conn) as raw:
             with raw.pipeline():
-                ended = raw.execute(sql.PG_FINISH_RUNS_RAW, _finish_params(completions))
+                ended = raw.execute(sql.PG_FINISH_RUNS_RAW, {
+                    "rows": json.dumps([sql.finish_values(c) for c in completions]),
+                    "ids": [c.run_id for c in completions],
+                })
                 edges = [raw.execute(statement, {**defaults, **p}) for p, _ in sent]
                 tips = _lock_tips_in(raw, task_ids)
+                claimed = lease = None
+                if claims is not None:
+                    claim, fixed = sql.pg_raw("PG_CLAIM_ANY")
+                    params, lease = claim_params(
+                        claims.run_ids, worker=claims.worker, lease_seconds=claims.lease_seconds
+                    )
+                    claimed = raw.execute(claim, {**fixed, **params})
             names = [d.name for d in ended.description or ()]
             finished = {row[0]: dict(zip(names, row, strict=True)) for row in ended.fetchall()}
             rows = [cur.fetchone() for cur in edges]
             found = {r[0]: (r[1], r[2]) for r in tips.fetchall()}
+            if claims is not None and claimed is not None and lease is not None:
+                claims.claimed, claims.done = claims_of(claimed.fetchall(), lease), True
         recorded = [False] * len(jobs)
         for n, row, (_, lease) in zip(simple, rows, sent, strict=True):
             recorded[n] = _edge_recorded(row, *jobs[n], lease)
         return finished, recorded, found
+
+    def _insert_entries(
+        self, conn: Connection, rows: list[dict[str, Any]], *, last: bool = False
+    ) -> None:
+        # One statement for the batch's rows and, when it is the transaction's last write,
+        # the COMMIT in the same round trip.
+        with _driver(conn) as raw, raw.pipeline():
+            raw.execute(sql.PG_NEW_ENTRIES_RAW, {"rows": json.dumps(rows)})
+            if last:
+                raw.commit()
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         # Every task locked, then the tips read, in one round trip (two statements: see

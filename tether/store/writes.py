@@ -95,6 +95,22 @@ class Follow:
         return run_id in self.wanted and run_id not in self.claims and agent in self.agents
 
 
+@dataclass(slots=True)
+class ClaimIds:
+    """Asks :meth:`Store._complete` to also claim runs by id for ``worker``, in the same
+    transaction (an engine provider's group commit: the claims of runs just delivered
+    and the records of runs just finished). On PostgreSQL the claim travels in the same
+    round trip as the statement that ends the finished runs."""
+
+    run_ids: list[int]
+    worker: str
+    lease_seconds: float
+    claimed: dict[int, Claim] = field(default_factory=dict)
+    """Filled in: run id -> its claim, for the runs that were claimable."""
+    done: bool = False
+    """Set once the claim statement ran (by whichever step of the transaction ran it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """What ``submit`` did: the task, and the run it queued (None when nothing new arrived)."""
