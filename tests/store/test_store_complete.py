@@ -435,6 +435,35 @@ def test_only_new_tasks_of_known_agents_are_followed_and_only_one_per_completion
     assert [r.status for r in store.runs_of(store.get_task("c/old").id)] == [RunStatus.QUEUED]
 
 
+def test_two_edges_of_one_batch_to_one_new_task_create_it_once(store: Store) -> None:
+    # Two completions in one transaction each trigger c/k (not a join): the task and its
+    # run are created once, whichever way the dialect records edges (PostgreSQL: one
+    # statement for the batch's edges to new tasks), and both triggers are recorded.
+    store.submit("a", "k", now=100.0)
+    store.submit("b", "k", now=100.0)
+    claims = {c.agent: c for c in store.claim("w1", limit=2, lease_seconds=30, now=100.0)}
+    first = _done(claims["a"], edges=(_edge("c", "k", "a.done"),))
+    second = _done(claims["b"], edges=(_edge("c", "k", "b.done"),))
+
+    accepted, dispatched, follow = _follow(store, [first, second], agents={"a", "b", "c"})
+
+    assert sorted(accepted) == sorted([first.run_id, second.run_id])
+    down = store.get_task("c/k")
+    assert len(store.list_tasks(agent="c")) == 1
+    running, queued = store.runs_of(down.id)
+    # The first completion's edge made the task, so its worker follows it; the second
+    # is new input for a task with a run already: a second run, queued behind it and
+    # handed to the engine.
+    assert running.status == RunStatus.RUNNING and running.worker == "w1"
+    assert queued.status == RunStatus.QUEUED
+    assert list(follow.claims) == [first.run_id]
+    assert follow.claims[first.run_id].run_id == running.id
+    assert dispatched == [(queued.id, "c")]
+    fired = {t.name for t in store.triggers_in(down.id)}
+    assert fired == {"a.done", "b.done"}
+    assert verify(store.engine).ok
+
+
 def test_a_join_edge_first_does_not_stop_the_completion_following_its_next_edge(
     store: Store,
 ) -> None:
