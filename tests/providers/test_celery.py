@@ -32,7 +32,7 @@ from tests.services import RABBIT_URL, REDIS_URL, require
 from tether import Context, Project, WorkerStats
 from tether.errors import ConfigError
 from tether.providers import get_provider
-from tether.providers.celery import CeleryProvider, _BrokerDispatcher
+from tether.providers.celery import BACKLOG_RECHECK, CeleryProvider, _BrokerDispatcher
 from tether.store.schema import triggers
 
 BROKERS = {"redis": (REDIS_URL, 6379), "rabbitmq": (RABBIT_URL, 5672)}
@@ -334,15 +334,27 @@ def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
     from tether.runtime.single import RunOne
 
     depth = {"n": 300}
+    asked: list[int] = []
+
+    def backlog() -> int:
+        asked.append(depth["n"])
+        return depth["n"]
+
     dispatcher = _BrokerDispatcher(
         RunOne(project.store, project.graph), published.extend,
-        backlog=lambda: depth["n"], max_backlog=256, reap_every=1.0,
+        backlog=backlog, max_backlog=256, reap_every=1.0,
     )
     assert dispatcher.tick() == 0 and published == []  # full: the runs stay in the store
     depth["n"] = 253  # room for three
-    assert dispatcher.tick() == 3 and len(published) == 3
+    # Found full a moment ago: a wake-up right after (a burst of submissions wakes it once
+    # per submission) does not ask the broker again.
+    assert dispatcher.tick() == 0 and len(asked) == 1
+    time.sleep(BACKLOG_RECHECK)
+    assert dispatcher.tick() == 3 and len(published) == 3 and len(asked) == 2
     depth["n"] = 256
     assert dispatcher.tick() == 0  # its own count says full; the broker agrees
+    assert len(asked) == 3
+    time.sleep(BACKLOG_RECHECK)
     depth["n"] = 0
     assert dispatcher.tick() == 2 and len(published) == 5
 

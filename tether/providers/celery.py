@@ -71,6 +71,10 @@ MAX_BACKLOG = 64
 per pool thread; see :class:`_BrokerDispatcher`). Messages that workers hold do not count,
 so this only needs to cover the time a dispatcher takes to refill the queue."""
 
+BACKLOG_RECHECK = 0.02
+"""Seconds a dispatcher that found the queue full waits before asking the broker again
+(a full queue of at least ``MAX_BACKLOG`` messages takes longer than this to drain)."""
+
 log = logging.getLogger(__name__)
 
 # Celery's worker signals a shutdown through process-wide flags (celery.worker.state) and
@@ -137,6 +141,7 @@ class _BrokerDispatcher(Dispatcher):
         self.reap_every = reap_every
         self._queued = max_backlog  # unknown at start: ask the broker on the first pass
         self._next_reap = 0.0
+        self._next_backlog = 0.0
 
     def tick(self) -> int:
         """One pass: reap when due, then publish what is due while the queue has room."""
@@ -147,8 +152,11 @@ class _BrokerDispatcher(Dispatcher):
             self._next_reap = now + self.reap_every
             self.reaped += len(self.runner.reap())
         if self._queued >= self.max_backlog:
+            if now < self._next_backlog:
+                return 0  # full a moment ago
             self._queued = self.backlog()
             if self._queued >= self.max_backlog:
+                self._next_backlog = now + BACKLOG_RECHECK
                 return 0
         due = self.runner.store.dispatch_batch(
             limit=min(self.batch, self.max_backlog - self._queued),

@@ -146,22 +146,12 @@ class Claims(Completes):
         queued (its message was lost) is returned again; duplicates are harmless because
         :meth:`claim_run` executes a run at most once."""
         now = time.time() if now is None else now
-        r = runs.alias("r")
-        q = (
-            select(r.c.id)
-            .where(
-                r.c.status == "queued",
-                r.c.available_at <= now,
-                (r.c.dispatched_at.is_(None)) | (r.c.dispatched_at < now - redispatch_after),
-            )
-            .order_by(r.c.available_at, r.c.id)
-            .limit(limit)
-        )
+        statement = sql.dispatch_due(postgres=self.dialect == "postgresql",
+                                     filtered=agents is not None)
+        params: dict[str, Any] = {"b_now": now, "b_before": now - redispatch_after,
+                                  "b_limit": limit}
         if agents is not None:
-            q = q.where(sql.agent_of(r).in_(list(agents)))
-        if self.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True, of=r)
-        candidates = q.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+            params["agents"] = list(agents)
 
         def body(conn: Connection) -> list[tuple[int, str]]:
             if self.dialect == "postgresql":
@@ -169,12 +159,7 @@ class Claims(Completes):
                 # handed over again, and a duplicate delivery executes nothing. So this
                 # commit need not wait for its WAL flush: an fsync per pass saved.
                 conn.execute(sql.ASYNC_COMMIT)
-            rows = conn.execute(
-                update(runs)
-                .where(runs.c.id.in_(select(candidates.c.id)))
-                .values(dispatched_at=now)
-                .returning(runs.c.id, sql.agent_of(runs))
-            ).all()
+            rows = conn.execute(statement, params).all()
             return sorted((row[0], row[1]) for row in rows)
 
         return self._transact(body)

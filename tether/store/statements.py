@@ -125,6 +125,35 @@ PG_CLAIM_ANY = (
             lease_expires_at=bindparam("lease_expires_at"))
     .returning(*CLAIMED, tasks.c.agent, tasks.c.key)
 )
+
+
+@functools.cache
+def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
+    """Mark up to ``b_limit`` due queued runs dispatched at ``b_now`` (those never handed
+    over, or handed over before ``b_before`` and still queued), of the agents ``agents``
+    when ``filtered``; returns ``(id, agent)`` of each (see ``Claims.dispatch_batch``).
+    On PostgreSQL two outboxes skip each other's runs (``FOR UPDATE SKIP LOCKED``)."""
+    r = runs.alias("r")
+    q = select(r.c.id).where(
+        r.c.status == "queued",
+        r.c.available_at <= bindparam("b_now"),
+        r.c.dispatched_at.is_(None) | (r.c.dispatched_at < bindparam("b_before")),
+    )
+    if filtered:
+        q = q.where(agent_of(r).in_(bindparam("agents", expanding=True)))
+    q = q.order_by(r.c.available_at, r.c.id).limit(bindparam("b_limit"))
+    if postgres:
+        q = q.with_for_update(skip_locked=True, of=r)
+    # MATERIALIZED: see Claims._claim (the LIMIT must bound what one pass takes).
+    due = q.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+    return (
+        update(runs)
+        .where(runs.c.id.in_(select(due.c.id)))
+        .values(dispatched_at=bindparam("b_now"))
+        .returning(runs.c.id, agent_of(runs))
+    )
+
+
 TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
     tasks.c.id.in_(bindparam("ids", expanding=True))
 )
