@@ -19,8 +19,9 @@ worker processes started the same way, side by side in one run:
   without Celery.
 
 Measured per system: **throughput** (a burst of ``--chains`` chains submitted at once, with
-workers idle and warm; runs per second from the first submission to the last ``c``
-finished) for 1, 2 and 4 worker processes; and **latency** (chains submitted one at a time,
+workers idle and warm: each system first runs a burst of ``WARM_CHAINS``; runs per second
+from the first submission to the last ``c`` finished) for 1, 2 and 4 worker processes;
+and **latency** (chains submitted one at a time,
 each after the previous one ended; median and p99 of submission -> ``c`` finished) with one
 worker process. Tether's latency is given at the default dispatcher poll interval (0.2 s:
 the wait before a submitted root is published) and at 0.02 s. **CPU per run** counts the
@@ -61,6 +62,11 @@ import tether  # noqa: E402
 from tether.providers.celery import make_app  # noqa: E402
 
 console = Console() if sys.stdout.isatty() else Console(width=130)
+
+WARM_CHAINS = 20
+"""A burst of chains every system runs after starting and before it is measured: the
+trials measure a warm worker, not its first statements (compiled, prepared) or
+connections."""
 
 AGENTS = textwrap.dedent(
     """
@@ -285,6 +291,7 @@ class PlainCelery:
             for _ in range(workers)
         ]
         self._warm()
+        self.run_chains(WARM_CHAINS)
 
     def _warm(self) -> None:
         """One chain end to end: every process has connected and consumes. Worker
@@ -388,7 +395,8 @@ class TetherWorkers:
                                  stderr=log)
                 for _ in range(workers)
             ]
-        self.latency(1)  # warm: the workers have started and execute chains
+        self.latency(1)  # the workers have started and execute chains
+        self.run_chains(WARM_CHAINS)
 
     def pids(self) -> list[int]:
         with self.engine.connect() as conn:
