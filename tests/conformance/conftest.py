@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 import tether
 from tests.process.helpers import env_for
 from tests.services import REDIS_URL, require, temporal_dev_server
 from tether.providers import get_provider
+from tether.store.schema import triggers
 
 BACKENDS = ["local-sqlite", "local-postgresql", "celery-postgresql", "temporal-postgresql"]
 
@@ -71,6 +73,17 @@ class Backend:
         """Hand runs to the engine again (a duplicate delivery)."""
         with tether.Project.load(self.project_dir, **self.settings) as p:
             get_provider(p).deliver(runs)
+
+
+def assert_edges_exactly_once(b: Backend) -> None:
+    """No trigger edge (upstream run, trigger, downstream task) is recorded twice."""
+    with b.project() as p, p.store.engine.connect() as conn:
+        dup = conn.execute(
+            select(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
+            .group_by(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
+            .having(func.count() > 1)
+        ).all()
+    assert dup == []
 
 
 @pytest.fixture(scope="session")

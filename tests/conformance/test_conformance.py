@@ -15,11 +15,9 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import func, select
 
-from tests.conformance.conftest import Backend
+from tests.conformance.conftest import Backend, assert_edges_exactly_once
 from tests.process.helpers import spawn, wait_for
-from tether.store.schema import triggers
 
 AGENTS = textwrap.dedent(
     '''
@@ -115,16 +113,6 @@ def executions(b: Backend) -> list[tuple[str, str, str, int, int]]:
         what, agent, key, run_id, attempt = line.split()
         rows.append((what, agent, key, int(run_id), int(attempt)))
     return rows
-
-
-def assert_edges_exactly_once(b: Backend) -> None:
-    with b.project() as p, p.store.engine.connect() as conn:
-        dup = conn.execute(
-            select(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .group_by(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .having(func.count() > 1)
-        ).all()
-    assert dup == []
 
 
 def test_retries_joins_and_idempotent_steps(backend_project: Backend) -> None:

@@ -50,10 +50,13 @@ def service_url() -> str:
     return url
 
 
-def _call(method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+def _call(method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
+          absent_ok: bool = False) -> Any:
     # trust_env=False: the service is on 127.0.0.1; no proxy setting must get in the way.
     with httpx.Client(base_url=service_url(), timeout=5.0, trust_env=False) as client:
         response = client.request(method, path, params=params, json=json)
+        if absent_ok and response.status_code == 404:
+            return None
         response.raise_for_status()  # 5xx -> retryable, 4xx -> terminal (harness rules)
         return response.json()
 
@@ -144,18 +147,19 @@ def quote(ctx: tether.Context) -> dict[str, Any]:
                 "premium": premium,
             }
         )
-    # Keyed: if an earlier run issued the quote, it is not issued twice.
-    with ctx.step("issue quote", key=f"issue-quote:{ctx.key}", input={"premium": premium}) as step:
-        if step.done:
-            issued = step.record(step.previous_output)
-        else:
-            issued = step.record(
-                _call(
-                    "POST",
-                    "/quotes",
-                    json={"case": ctx.key, "premium": premium, "currency": priced["currency"]},
-                )
-            )
+    # Keyed: if an earlier run issued the quote, it is not issued twice. If an earlier run
+    # died during the call (nobody knows whether the quote went out), the policy system is
+    # asked first, and the quote it shows is recorded instead of issuing another.
+    issued = ctx.once(
+        f"issue-quote:{ctx.key}",
+        lambda: _call(
+            "POST", "/quotes",
+            json={"case": ctx.key, "premium": premium, "currency": priced["currency"]},
+        ),
+        name="issue quote",
+        input={"premium": premium},
+        reconcile=lambda: _call("GET", f"/quotes/{ctx.key}", absent_ok=True),
+    )
     return {
         "quote_id": issued["quote_id"],
         "applicant": identity["name"],

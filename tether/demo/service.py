@@ -17,6 +17,7 @@ Endpoints (JSON)::
     GET  /credit/<case>                   a credit report
     GET  /rates/<product>?case=..         the product's rate table, as quoted for a case
     POST /quotes                          issue a quote: {"case": .., "premium": ..}
+    GET  /quotes/<case>                   the quote issued for a case (404: none yet)
 
 The service runs on ``127.0.0.1`` on a free port, in a daemon thread, for as long as the
 :class:`DemoService` context manager is open.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,12 +132,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.latency = latency
         self.lock = threading.Lock()
         self.seen: Counter[tuple[str, str]] = Counter()
         self.calls = 0
         self.unavailable = 0
+        self.quotes: dict[str, dict[str, Any]] = {}
+        """The quotes issued, by case (the latest)."""
+        self.issued: Counter[str] = Counter()
+        """How many times a quote was issued for each case: the side effect that must
+        happen once."""
 
     def should_fail(self, route: str, case: str) -> bool:
         """Count a call to ``route`` for ``case``; True if this one is to get a 503."""
@@ -157,6 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _send(self, status: int, body: Any) -> None:
+        if self.server.latency:
+            # After the call took effect (a quote is issued already): a caller that dies
+            # while waiting leaves an effect it never heard of, as with a slow real system.
+            time.sleep(self.server.latency)
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -204,6 +216,13 @@ class _Handler(BaseHTTPRequestHandler):
             if rates is None:
                 return self._send(404, {"error": f"no rate table for product {product!r}"})
             return self._send(200, rates)
+        if route == "quotes" and len(parts) == 2:
+            self.server.should_fail(route, "")
+            with self.server.lock:
+                issued = self.server.quotes.get(parts[1])
+            if issued is None:
+                return self._send(404, {"error": f"no quote issued for {parts[1]!r}"})
+            return self._send(200, issued)
         self.server.should_fail("unknown", "")
         return self._send(404, {"error": f"no such endpoint: GET {url.path}"})
 
@@ -220,24 +239,32 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._unavailable("quotes")
             if case_number(case) is None or not isinstance(body.get("premium"), (int, float)):
                 return self._send(400, {"error": "a quote needs a demo case and a premium"})
-            return self._send(
-                201,
-                {
-                    "quote_id": f"Q-{case.removeprefix('case-')}",
-                    "case": case,
-                    "premium": body["premium"],
-                    "currency": body.get("currency", "EUR"),
-                    "valid_days": 30,
-                },
-            )
+            quote = {
+                "quote_id": f"Q-{case.removeprefix('case-')}",
+                "case": case,
+                "premium": body["premium"],
+                "currency": body.get("currency", "EUR"),
+                "valid_days": 30,
+            }
+            with self.server.lock:
+                self.server.quotes[case] = quote
+                self.server.issued[case] += 1
+            return self._send(201, quote)
         self.server.should_fail("unknown", "")
         return self._send(404, {"error": f"no such endpoint: POST {url.path}"})
 
 
 class DemoService:
-    """The demo's local HTTP service: ``with DemoService() as svc: ... svc.url ...``."""
+    """The demo's local HTTP service: ``with DemoService() as svc: ... svc.url ...``.
 
-    def __init__(self) -> None:
+    ``latency``: seconds every answer waits before it is sent (a slow back end), after the
+    call took effect.
+    """
+
+    def __init__(self, *, latency: float = 0.0) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must be 0 or more seconds (got {latency!r})")
+        self.latency = latency
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._last = ServiceStats(0, 0)
@@ -258,11 +285,19 @@ class DemoService:
         with self._server.lock:
             return ServiceStats(self._server.calls, self._server.unavailable)
 
+    @property
+    def quotes_issued(self) -> dict[str, int]:
+        """How many times a quote was issued, by case (each should be once)."""
+        if self._server is None:
+            return {}
+        with self._server.lock:
+            return dict(self._server.issued)
+
     def start(self) -> DemoService:
         """Start serving on a free port of 127.0.0.1."""
         if self._server is not None:
             return self
-        self._server = _Server()
+        self._server = _Server(self.latency)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
