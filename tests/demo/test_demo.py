@@ -163,6 +163,22 @@ def test_service_fails_deterministically() -> None:
     assert service.stats.calls == 10
 
 
+def test_service_issues_quotes_and_shows_what_it_issued() -> None:
+    # What the quote agent reconciles with after a run died during its call.
+    with DemoService(latency=0.05) as service, \
+            httpx.Client(base_url=service.url, trust_env=False) as http:
+        assert http.get("/quotes/case-001").status_code == 404
+        began = time.monotonic()
+        issued = http.post("/quotes", json={"case": "case-001", "premium": 120.5})
+        assert time.monotonic() - began >= 0.05  # answered late, as configured
+        assert issued.status_code == 201 and issued.json()["quote_id"] == "Q-001"
+        assert http.get("/quotes/case-001").json() == issued.json()
+        http.post("/quotes", json={"case": "case-001", "premium": 120.5})
+        assert service.quotes_issued == {"case-001": 2}  # counted: the effect happened twice
+    with pytest.raises(ValueError, match="latency"):
+        DemoService(latency=-1)
+
+
 def test_demo_refuses_a_store_with_other_agents_work(tmp_path: Path) -> None:
     # The demo's worker runs until nothing is queued anywhere in the store: in a project
     # with its own queued work it would claim those runs too, so it refuses to start.
