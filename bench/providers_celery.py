@@ -13,8 +13,10 @@ worker processes started the same way, side by side in one run:
   database). ``c`` pushes its finish time to a Redis list, which is how the bench learns a
   chain ended.
 - **Tether on Celery**: ``tether worker --provider celery`` processes on a PostgreSQL store
-  (full durability: every commit synced). Chains are submitted with ``Project.submit``; a
-  chain ended when ``c``'s run is recorded as succeeded (its ``finished_at``).
+  (full durability: every commit synced). Chains are submitted with ``Project.submit``,
+  one commit each (``--submit-many``: a throughput burst with one
+  ``Project.submit_many``, a transaction per 200 chains); a chain ended when ``c``'s run
+  is recorded as succeeded (its ``finished_at``).
 - **Tether's local worker** on the same store, for reference: what the harness itself costs
   without Celery.
 
@@ -359,8 +361,9 @@ class TetherWorkers:
     """Drives `tether worker --provider PROVIDER` processes on a PostgreSQL store."""
 
     def __init__(self, provider: str, broker: str, pg_url: str, concurrency: int,
-                 folder: Path, work_ms: float = 0.0) -> None:
+                 folder: Path, work_ms: float = 0.0, submit_many: bool = False) -> None:
         self.provider = provider
+        self.submit_many = submit_many
         self.work_ms = work_ms
         self.system = "tether" if provider == "celery" else f"tether-{provider}"
         self.broker = broker
@@ -434,8 +437,15 @@ class TetherWorkers:
         return {key: finished for key, finished in rows}
 
     def run_chains(self, n: int) -> tuple[float, list[float]]:
+        assert self.project is not None
         start = time.time()
-        submitted = dict(self._submit() for _ in range(n))
+        if not self.submit_many:  # one transaction (one synced commit) per chain
+            submitted = dict(self._submit() for _ in range(n))
+        else:  # the burst as one call: a transaction per 200 chains
+            keys = [f"k{self.seq + i}" for i in range(1, n + 1)]
+            self.seq += n
+            self.project.submit_many([("a", key) for key in keys])
+            submitted = dict.fromkeys(keys, start)
         deadline = time.monotonic() + 120
         finished: dict[str, float] = {}
         while len(finished) < n:
@@ -545,6 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work-ms", type=float, default=0.0,
                         help="each agent (and plain task) sleeps this long, as on an I/O "
                              "call; 0 (the default) measures the harness alone")
+    parser.add_argument("--submit-many", action="store_true",
+                        help="Tether: submit a burst with one Project.submit_many (a "
+                             "transaction per 200 chains) instead of one Project.submit "
+                             "(one commit) per chain")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     if args.work_ms < 0:
@@ -560,8 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work_ms
     plain = PlainCelery(args.broker, args.concurrency, work_ms=work)
     plain_pg = PlainCelery(args.broker, args.concurrency, pg_url, work_ms=work)
-    harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder, work)
-    local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder, work)
+    harness = TetherWorkers("celery", args.broker, pg_url, args.concurrency, folder, work,
+                            args.submit_many)
+    local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder, work,
+                          args.submit_many)
     chosen = args.systems.split(",")
     systems = [s for s in (plain, plain_pg, harness, local) if s.system in chosen]
     polls = [float(p) for p in args.latency_polls.split(",") if p]

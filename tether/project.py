@@ -64,6 +64,29 @@ class Project:
 
     def submit(self, agent: str, key: str, input: Any = _MISSING) -> Submission:
         """Submit work to an agent: create task (agent, key) and queue a run (idempotent)."""
+        self._check_submission(agent, key)
+        return self.store.submit(agent, key, input)
+
+    def submit_many(
+        self, items: Iterable[tuple[str, str] | tuple[str, str, Any]]
+    ) -> list[Submission]:
+        """Submit many ``(agent, key)`` or ``(agent, key, input)`` items at once, each as
+        :meth:`submit` would: a burst or a backfill, committed a chunk of items per
+        transaction rather than one commit per item. Every item is checked first; nothing
+        is written if one names an unknown agent or a bad key."""
+        rows = list(items)
+        for n, item in enumerate(rows):
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise ValueError(
+                    f"item {n}: expected (agent, key) or (agent, key, input), got {item!r}"
+                )
+            try:
+                self._check_submission(item[0], item[1])
+            except (DiscoveryError, InvalidKey) as exc:
+                raise type(exc)(f"item {n}: {exc}") from None
+        return self.store.submit_many(rows)
+
+    def _check_submission(self, agent: str, key: str) -> None:
         if agent not in self.graph:
             known = ", ".join(sorted(self.graph.agents)) or "none found"
             raise DiscoveryError(f"no agent named {agent!r} in this project (agents: {known})")
@@ -76,7 +99,6 @@ class Project:
                 f"task key {key!r}: keys starting with {EVAL_KEY_PREFIX!r} are reserved for "
                 "evaluation experiments (`tether eval run`); choose another key"
             )
-        return self.store.submit(agent, key, input)
 
     def worker(self, **options: Any) -> Worker:
         """A local worker on this project, with settings as defaults for its options."""

@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 
 import pytest
+from sqlalchemy import event
 
 from tether import OutputError, Store, TaskStatus
 from tether.store import Completion, RunStatus
@@ -224,3 +225,54 @@ def test_models_given_as_input_are_stored_as_json(store: Store) -> None:
 
     assert [i.data for i in store.inputs(sub.task_id)] == [{"amount": 10, "parties": ["ada", "bo"]}]
     assert store.submit("quote", "case-1", {"amount": 10, "parties": ["ada", "bo"]}).run_id is None
+
+
+def test_submit_many_submits_each_item_as_submit_would(store: Store) -> None:
+    store.submit("quote", "case-1", {"amount": 1})  # exists already, same input
+    subs = store.submit_many(
+        [("quote", "case-1", {"amount": 1}), ("quote", "case-2"), ("kyc", "case-2", {"a": 2}),
+         ("quote", "case-3", {"amount": 3}), ("quote", "case-2")],
+        chunk=2, now=50.0,
+    )
+
+    assert [s.created for s in subs] == [False, True, True, True, False]
+    assert subs[0].run_id is None and subs[4].run_id is None  # nothing new: no run
+    assert subs[4].task_id == subs[1].task_id
+    for s in subs[1:4]:
+        [run] = store.runs_of(s.task_id)
+        assert (run.id, run.status, run.created_at) == (s.run_id, RunStatus.QUEUED, 50.0)
+    assert [i.data for i in store.inputs(subs[2].task_id)] == [{"a": 2}]
+    assert len(store.list_tasks()) == 4
+    # Input that changed is attached, as with submit (its queued run will see it).
+    [again] = store.submit_many([("quote", "case-3", {"amount": 4})])
+    assert again.task_id == subs[3].task_id and again.run_id is None
+    assert [i.data for i in store.inputs(again.task_id)] == [{"amount": 3}, {"amount": 4}]
+
+
+def test_submit_many_converts_every_input_before_writing_any(store: Store) -> None:
+    with pytest.raises(OutputError, match=r"item 1's input\.received is a datetime\.date"):
+        store.submit_many(
+            [("quote", "case-1"), ("quote", "case-2", {"received": dt.date(2026, 1, 2)})]
+        )
+    assert store.list_tasks() == []
+    with pytest.raises(ValueError, match="item 0: expected"):
+        store.submit_many([("quote",)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        store.submit_many([("quote", "case-1")], chunk=0)
+    assert store.list_tasks() == []
+
+
+def test_submit_many_commits_a_chunk_of_items_per_transaction(store: Store) -> None:
+    commits: list[int] = []
+    listener = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(store.engine, "commit", listener)
+    try:
+        subs = store.submit_many([("quote", f"case-{i}") for i in range(5)], chunk=2)
+    finally:
+        event.remove(store.engine, "commit", listener)
+
+    assert len(commits) == 3  # 2 + 2 + 1
+    assert all(s.created and s.run_id is not None for s in subs)
+    # Seen from another connection: every chunk committed.
+    with Store.open(store.url) as other:
+        assert sorted(t.key for t in other.list_tasks()) == [f"case-{i}" for i in range(5)]

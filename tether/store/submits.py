@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -12,6 +14,10 @@ from tether.store import statements as sql
 from tether.store.base import _MISSING, StoreBase
 from tether.store.schema import runs, task_inputs, tasks
 from tether.store.writes import Submission
+
+SUBMIT_CHUNK = 200
+"""Items per transaction in :meth:`Submits.submit_many`: large enough that the synced
+commit is shared widely, small enough that no transaction holds many task locks long."""
 
 
 class Submits(StoreBase):
@@ -39,24 +45,68 @@ class Submits(StoreBase):
         now = time.time() if now is None else now
         if input is not _MISSING:
             input = to_json(input, what="input")
+        return self._transact(
+            lambda conn: self._submit_one(conn, agent, key, input, reason, note, now)
+        )
 
-        def body(conn: Connection) -> Submission:
-            task_id, created = self._upsert_task(conn, agent, key, now)
-            new_info = False
-            if input is not _MISSING:
-                record = self._attach_input(conn, task_id, input, now)
-                if record is not None:
-                    new_info = True
-                    self._append(conn, task_id, [("input", record)], now)
-            run_id = None
-            # A task this transaction created has no run yet and cannot be cancelled: its
-            # first run is queued without the checks (fresh).
-            if created or new_info or not conn.execute(sql.HAS_RUNS, {"b_task": task_id}).scalar():
-                run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note,
-                                       fresh=created)
-            return Submission(task_id=task_id, run_id=run_id, created=created)
+    def submit_many(
+        self,
+        items: Iterable[tuple[str, str] | tuple[str, str, Any]],
+        *,
+        chunk: int = SUBMIT_CHUNK,
+        now: float | None = None,
+    ) -> list[Submission]:
+        """Submit many ``(agent, key)`` or ``(agent, key, input)`` items, each as
+        :meth:`submit` would, ``chunk`` per transaction (one synced commit for each chunk
+        instead of one per item: a burst or a backfill).
 
-        return self._transact(body)
+        Every input is converted before anything is written. A chunk commits whole or not
+        at all; if a later chunk fails, the earlier ones stay submitted, and submitting the
+        same items again is harmless (idempotent).
+
+        Raises:
+            OutputError: an input cannot be stored as JSON (the message names the item).
+            ValueError: ``chunk`` is less than 1, or an item is not a pair or a triple.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 (got {chunk})")
+        now = time.time() if now is None else now
+        rows: list[tuple[str, str, Any]] = []
+        for n, item in enumerate(items):
+            if len(item) == 2:
+                rows.append((item[0], item[1], _MISSING))
+            elif len(item) == 3:
+                rows.append((item[0], item[1], to_json(item[2], what=f"item {n}'s input")))
+            else:
+                raise ValueError(f"item {n}: expected (agent, key) or (agent, key, input), "
+                                 f"got {len(item)} values")
+        done: list[Submission] = []
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            done.extend(self._transact(partial(self._submit_chunk, part=part, now=now)))
+        return done
+
+    def _submit_chunk(self, conn: Connection, *, part: list[tuple[str, str, Any]],
+                      now: float) -> list[Submission]:
+        return [self._submit_one(conn, agent, key, data, "submitted", None, now)
+                for agent, key, data in part]
+
+    def _submit_one(self, conn: Connection, agent: str, key: str, input: Any, reason: str,
+                    note: str | None, now: float) -> Submission:
+        task_id, created = self._upsert_task(conn, agent, key, now)
+        new_info = False
+        if input is not _MISSING:
+            record = self._attach_input(conn, task_id, input, now)
+            if record is not None:
+                new_info = True
+                self._append(conn, task_id, [("input", record)], now)
+        run_id = None
+        # A task this transaction created has no run yet and cannot be cancelled: its
+        # first run is queued without the checks (fresh).
+        if created or new_info or not conn.execute(sql.HAS_RUNS, {"b_task": task_id}).scalar():
+            run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note,
+                                   fresh=created)
+        return Submission(task_id=task_id, run_id=run_id, created=created)
 
     def _upsert_task(
         self, conn: Connection, agent: str, key: str, now: float
