@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
 
 import tether
 from tether import Agent, Project, Store
+from tether.store.schema import triggers
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -175,3 +176,14 @@ def _no_tether_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TETHER_") and name != "TETHER_TEST_PG_URL":
             monkeypatch.delenv(name)
+
+
+def assert_edges_recorded_once(store: Store) -> None:
+    """No trigger edge (upstream run, trigger, downstream task) is recorded twice."""
+    with store.engine.connect() as conn:
+        dup = conn.execute(
+            select(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
+            .group_by(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
+            .having(func.count() > 1)
+        ).all()
+    assert dup == []

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 import tether
+from tests.conftest import assert_edges_recorded_once
 from tests.process.helpers import env_for
 from tests.services import REDIS_URL, require, temporal_dev_server
 from tether.providers import get_provider
-from tether.store.schema import triggers
 
 BACKENDS = ["local-sqlite", "local-postgresql", "celery-postgresql", "temporal-postgresql"]
 
@@ -77,13 +76,8 @@ class Backend:
 
 def assert_edges_exactly_once(b: Backend) -> None:
     """No trigger edge (upstream run, trigger, downstream task) is recorded twice."""
-    with b.project() as p, p.store.engine.connect() as conn:
-        dup = conn.execute(
-            select(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .group_by(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .having(func.count() > 1)
-        ).all()
-    assert dup == []
+    with b.project() as p:
+        assert_edges_recorded_once(p.store)
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
-from sqlalchemy import func, select
 
 import tether
+from tests.conftest import assert_edges_recorded_once
 from tests.process.helpers import env_for, spawn, wait_for
 from tests.process.helpers import tether as run_tether
 from tests.services import RABBIT_URL, REDIS_URL, require
@@ -33,7 +33,6 @@ from tether import Context, Project, WorkerStats
 from tether.errors import ConfigError
 from tether.providers import get_provider
 from tether.providers.celery import BACKLOG_RECHECK, CeleryProvider, _BrokerDispatcher
-from tether.store.schema import triggers
 
 BROKERS = {"redis": (REDIS_URL, 6379), "rabbitmq": (RABBIT_URL, 5672)}
 MakeProject = Callable[..., Project]
@@ -103,13 +102,7 @@ def drain(project: Project, *, timeout: float = 30, provider: Any = None,
 
 
 def edges_recorded_once(project: Project) -> None:
-    with project.store.engine.connect() as conn:
-        dup = conn.execute(
-            select(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .group_by(triggers.c.upstream_run_id, triggers.c.name, triggers.c.downstream_task_id)
-            .having(func.count() > 1)
-        ).all()
-    assert dup == []
+    assert_edges_recorded_once(project.store)
 
 
 def chain_agents(log: list[tuple[str, str, int]]) -> list[tether.Agent]:
