@@ -14,6 +14,7 @@ from tether.runtime import Worker, WorkerStats
 from tether.runtime.execute import EVAL_KEY_PREFIX
 from tether.store import Store, Submission
 from tether.store.base import _MISSING
+from tether.store.submits import submission_items
 
 
 class Project:
@@ -74,14 +75,10 @@ class Project:
         :meth:`submit` would: a burst or a backfill, committed a chunk of items per
         transaction rather than one commit per item. Every item is checked first; nothing
         is written if one names an unknown agent or a bad key."""
-        rows = list(items)
-        for n, item in enumerate(rows):
-            if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise ValueError(
-                    f"item {n}: expected (agent, key) or (agent, key, input), got {item!r}"
-                )
+        rows = submission_items(items)
+        for n, (agent, key, _) in enumerate(rows):
             try:
-                self._check_submission(item[0], item[1])
+                self._check_submission(agent, key)
             except (DiscoveryError, InvalidKey) as exc:
                 raise type(exc)(f"item {n}: {exc}") from None
         return self.store.submit_many(rows)

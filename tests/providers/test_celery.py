@@ -101,10 +101,6 @@ def drain(project: Project, *, timeout: float = 30, provider: Any = None,
     return stats
 
 
-def edges_recorded_once(project: Project) -> None:
-    assert_edges_recorded_once(project.store)
-
-
 def chain_agents(log: list[tuple[str, str, int]]) -> list[tether.Agent]:
     """fetch (fails once, retryable) -> score -> decide (a join of fetch and score)."""
     backoff = tether.RetryPolicy(max_attempts=3, initial_delay=0.2, multiplier=2, jitter=0)
@@ -167,7 +163,7 @@ def test_a_chain_with_retries_and_a_join(
         [decided] = s.runs_of(s.get_task(f"decide/{key}").id)
         assert decided.output == {"approve": True}
         assert len(s.triggers_in(s.get_task(f"decide/{key}").id)) == 2
-    edges_recorded_once(project)
+    assert_edges_recorded_once(project.store)
     assert (stats.claimed, stats.succeeded, stats.failed, stats.retries_queued) == (12, 9, 3, 3)
 
 
@@ -212,7 +208,7 @@ def test_a_chain_takes_one_message_and_runs_on_the_thread_that_took_it(
         assert a.worker == b.worker == c.worker
         assert a.finished_at is not None and b.started_at is not None
         assert b.started_at >= a.finished_at and b.reason == "trigger"
-    edges_recorded_once(project)
+    assert_edges_recorded_once(project.store)
 
 
 def test_a_message_delivered_twice_executes_the_run_once(
@@ -247,7 +243,7 @@ def test_a_message_delivered_twice_executes_the_run_once(
     assert (stats.claimed, stats.succeeded) == (6, 6)
     assert again.claimed == 0
     assert len(project.store.all_triggers()) == 3
-    edges_recorded_once(project)
+    assert_edges_recorded_once(project.store)
 
 
 def test_retries_follow_the_harness_backoff_until_attempts_are_spent(
@@ -439,7 +435,7 @@ def test_a_sigkilled_worker_loses_nothing_and_runs_nothing_twice(
         assert len(s.triggers_out(task.id)) == 1
         [after] = s.runs_of(s.get_task("after/case-1").id)
         assert after.status == "succeeded"
-        edges_recorded_once(project)
+        assert_edges_recorded_once(project.store)
     assert [r[0] for r in lines(folder)] == ["start", "start", "end", "after"]
     assert len({r[1] for r in lines(folder)}) == 3  # three runs, each executed once
 
@@ -469,7 +465,7 @@ def test_two_worker_processes_share_the_work_and_run_each_run_once(
     assert len(afters) == len(set(afters)) == n
     with Project.load(folder, database_url=pg_url) as project:
         assert len(project.store.all_triggers()) == n
-        edges_recorded_once(project)
+        assert_edges_recorded_once(project.store)
 
 
 def test_ctrl_c_finishes_the_run_and_a_second_releases_it(

@@ -257,6 +257,8 @@ def test_submit_many_converts_every_input_before_writing_any(store: Store) -> No
     assert store.list_tasks() == []
     with pytest.raises(ValueError, match="item 0: expected"):
         store.submit_many([("quote",)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"item 1: expected .* got 'kyc'"):
+        store.submit_many([("quote", "case-1"), "kyc"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="chunk must be at least 1"):
         store.submit_many([("quote", "case-1")], chunk=0)
     assert store.list_tasks() == []

@@ -20,6 +20,27 @@ SUBMIT_CHUNK = 200
 commit is shared widely, small enough that no transaction holds many task locks long."""
 
 
+def submission_items(
+    items: Iterable[tuple[str, str] | tuple[str, str, Any]],
+) -> list[tuple[str, str, Any]]:
+    """``(agent, key)`` and ``(agent, key, input)`` items as ``(agent, key, input)`` triples
+    (input ``_MISSING`` when not given).
+
+    Raises:
+        ValueError: an item is not a tuple (or list) of two or three values; the message
+            names the item.
+    """
+    rows: list[tuple[str, str, Any]] = []
+    for n, item in enumerate(items):
+        # A string is a sequence too: ("kyc") for ("kyc", key) must not pass as three values.
+        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+            raise ValueError(
+                f"item {n}: expected (agent, key) or (agent, key, input), got {item!r}"
+            )
+        rows.append((item[0], item[1], item[2] if len(item) == 3 else _MISSING))
+    return rows
+
+
 class Submits(StoreBase):
     """Creating tasks, attaching input and queueing runs."""
 
@@ -71,15 +92,10 @@ class Submits(StoreBase):
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 (got {chunk})")
         now = time.time() if now is None else now
-        rows: list[tuple[str, str, Any]] = []
-        for n, item in enumerate(items):
-            if len(item) == 2:
-                rows.append((item[0], item[1], _MISSING))
-            elif len(item) == 3:
-                rows.append((item[0], item[1], to_json(item[2], what=f"item {n}'s input")))
-            else:
-                raise ValueError(f"item {n}: expected (agent, key) or (agent, key, input), "
-                                 f"got {len(item)} values")
+        rows = [
+            (agent, key, data if data is _MISSING else to_json(data, what=f"item {n}'s input"))
+            for n, (agent, key, data) in enumerate(submission_items(items))
+        ]
         done: list[Submission] = []
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
