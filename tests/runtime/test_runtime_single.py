@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+import pytest
+from sqlalchemy import text
+
+from tether.errors import StoreError
 from tether.runtime.single import GroupCommit, Recorded
 from tether.store import Claim, Completion, Edge, Store
+from tether.store.engine import BEGIN_PENDING
 from tether.store.verify import verify
 
 
@@ -92,3 +97,65 @@ def test_a_batch_whose_records_are_all_discarded_still_commits_its_claims(
     with Store.open(store.url) as other:
         assert other.get_run(second).status == "running"
         assert other.get_run(first).status == "running"  # still w1's
+
+
+def test_a_record_whose_last_statement_fails_leaves_nothing_behind(pg_url: str) -> None:
+    # The committer's PostgreSQL connection is in autocommit mode and sends BEGIN with its
+    # first statements and COMMIT with its last. If the BEGIN went missing, every statement
+    # would commit on its own: here the run would end and its trigger's task appear
+    # although the ledger refused the record.
+    store = Store.open(pg_url)
+    try:
+        run_id = store.submit("kyc", "case-1").run_id
+        assert run_id is not None
+        with store.engine.begin() as conn:
+            conn.execute(text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'the ledger refuses'; END $$"
+            ))
+            conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON ledger "
+                              "FOR EACH ROW EXECUTE FUNCTION refuse()"))
+        committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=True,
+                                agents=frozenset({"kyc", "sanctions"}))
+        try:
+            claim = committer.claim(run_id)
+            assert claim is not None
+            done = Completion(
+                run_id=run_id, task_id=claim.task_id, worker="w1", attempt=1,
+                succeeded=True, finished_at=claim.lease_expires_at - 29,
+                edges=(Edge(name="kyc.done", agent="sanctions", key="case-1",
+                            requires=("kyc.done",)),),
+            )
+            with pytest.raises(StoreError, match="the ledger refuses"):
+                committer.complete(done, follow=True)
+            # The committer goes on: its next transaction begins afresh.
+            other = store.submit("kyc", "case-2").run_id
+            assert other is not None and committer.claim(other) is not None
+        finally:
+            committer.close()
+        run = store.get_run(run_id)
+        assert run.status == "running" and run.worker == "w1"
+        assert store.find_task("sanctions", "case-1") is None
+    finally:
+        store.close()
+
+
+def test_a_statement_outside_the_pipelines_still_runs_in_the_transaction(
+    pg_url: str,
+) -> None:
+    # A write transaction whose BEGIN is still to be sent (BEGIN_PENDING) and whose first
+    # statement is an ordinary SQLAlchemy one: the engine sends BEGIN before it, so a
+    # rollback undoes it.
+    store = Store.open(pg_url)
+    try:
+        with store.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(RuntimeError), conn.begin():
+                conn.info[BEGIN_PENDING] = True
+                conn.execute(text("INSERT INTO tasks (agent, key, created_at) "
+                                  "VALUES ('kyc', 'case-9', 0)"))
+                assert BEGIN_PENDING not in conn.info
+                raise RuntimeError("roll back")
+        assert store.find_task("kyc", "case-9") is None
+    finally:
+        store.close()

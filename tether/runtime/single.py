@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -35,7 +36,7 @@ from tether.runtime.execute import Executor
 from tether.runtime.worker import WorkerStats, default_worker_id
 from tether.store import Completion, Store
 from tether.store.base import _is_conflict
-from tether.store.engine import WRITE
+from tether.store.engine import BEGIN_PENDING, WRITE
 from tether.store.writes import Claim, ClaimIds, Follow
 
 log = logging.getLogger(__name__)
@@ -195,15 +196,21 @@ class GroupCommit:
         self, completions: list[Completion], wanted: set[int], run_ids: list[int]
     ) -> tuple[set[int], dict[int, list[tuple[int, str]]], dict[int, Claim], dict[int, Claim]]:
         store = self.store
+        # PostgreSQL: the connection is in autocommit mode and each transaction sends its
+        # own BEGIN in its first pipeline (engine.BEGIN_PENDING), its COMMIT in its last:
+        # a record takes two round trips, a claim alone one.
+        explicit = store.dialect == "postgresql"
         for attempt in range(1, 9):
             try:
                 if self._conn is None:
                     self._conn = store.engine.connect()
                     self._conn.execution_options(**{WRITE: True})
+                    if explicit:
+                        self._conn.execution_options(isolation_level="AUTOCOMMIT")
                 conn = self._conn
                 follow = Follow(self.worker, self.lease_seconds, self.agents, wanted)
                 claims = ClaimIds(run_ids, self.worker, self.lease_seconds)
-                with conn.begin():
+                with conn.begin(), _pending_begin(conn, explicit):
                     dispatched: dict[int, list[tuple[int, str]]] = {}
                     if completions:
                         # The claims go with the records (on PostgreSQL in the same round
@@ -216,7 +223,8 @@ class GroupCommit:
                     else:
                         accepted = set()
                         claims.claimed = store._claim_ids(
-                            conn, run_ids, worker=self.worker, lease_seconds=self.lease_seconds
+                            conn, run_ids, worker=self.worker,
+                            lease_seconds=self.lease_seconds, last=True,
                         )
                 self.transactions += 1
                 return accepted, dispatched, claims.claimed, follow.claims
@@ -240,6 +248,20 @@ class GroupCommit:
             except Exception:  # already broken: nothing to release
                 log.debug("closing a broken store connection failed", exc_info=True)
             self._conn = None
+
+
+@contextmanager
+def _pending_begin(conn: Connection, explicit: bool) -> Iterator[None]:
+    """Mark the transaction's BEGIN as still to be sent, for its first statement to send;
+    unmarked on the way out, even when no statement ran."""
+    if not explicit:
+        yield
+        return
+    conn.info[BEGIN_PENDING] = True
+    try:
+        yield
+    finally:
+        conn.info.pop(BEGIN_PENDING, None)
 
 
 class RunOne:

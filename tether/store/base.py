@@ -136,9 +136,12 @@ class StoreBase(StoreReads):
         worker: str,
         lease_seconds: float,
         now: float | None = None,
+        last: bool = False,
     ) -> dict[int, Claim]:
         """:meth:`claim_run` for several ids in one statement (plus one for the task names),
-        inside the caller's transaction: the group commit of engine providers."""
+        inside the caller's transaction: the group commit of engine providers. ``last``:
+        the claim is the transaction's only write and the caller commits it on return (a
+        dialect may send the COMMIT with it, and need not wait for the commit's sync)."""
         params, lease = claim_params(run_ids, worker=worker, lease_seconds=lease_seconds, now=now)
         if self.dialect == "postgresql":
             rows: Sequence[Sequence[Any]] = conn.execute(sql.PG_CLAIM_IDS, params).all()

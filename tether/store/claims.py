@@ -128,7 +128,7 @@ class Claims(Completes):
         """
         return self._transact(
             lambda conn: self._claim_ids(
-                conn, [run_id], worker=worker, lease_seconds=lease_seconds, now=now
+                conn, [run_id], worker=worker, lease_seconds=lease_seconds, now=now, last=True
             )
         ).get(run_id)
 

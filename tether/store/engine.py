@@ -23,6 +23,14 @@ WRITE = "tether_write"
 
 BUSY_TIMEOUT_MS = 30_000
 
+BEGIN_PENDING = "tether_begin_pending"
+"""Key in a PostgreSQL connection's ``info``: the driver connection is in autocommit mode
+and the current write transaction has not sent its ``BEGIN`` yet. The store's pipelines
+send it in their own round trip (psycopg, left to begin a transaction itself, waits for
+the ``BEGIN`` alone first); any other statement sends it first (see
+:func:`postgres_engine`). Set by the group commit of engine providers, whose connection
+is its own for its whole life."""
+
 
 def dialect_of(url: str) -> str:
     """``sqlite`` or ``postgresql`` for a store URL, or a ConfigError naming what is supported."""
@@ -108,7 +116,7 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
         parsed = parsed.difference_update_query(["options"])
     connect_args: dict[str, Any] = {"options": " ".join(options)}
     try:
-        return create_engine(
+        engine = create_engine(
             parsed,
             connect_args=connect_args,
             pool_size=10,
@@ -119,6 +127,15 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
         raise ConfigError(
             "PostgreSQL needs the psycopg driver: pip install 'tether[postgres]'"
         ) from exc
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin_first(conn: Any, cursor: Any, *_: Any) -> None:
+        # A transaction whose BEGIN is still to be sent (BEGIN_PENDING) reached a
+        # statement outside the store's pipelines: BEGIN first, as psycopg would.
+        if conn.info.pop(BEGIN_PENDING, False):
+            cursor.execute("BEGIN")
+
+    return engine
 
 
 def make_engine(url: str, *, durability: str = "full") -> Engine:

@@ -74,7 +74,8 @@ NEW_RUN = insert(runs).returning(runs.c.id)
 """Insert a run: the columns are the parameters given."""
 NEW_ENTRIES = insert(ledger)
 NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
-ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+ASYNC_COMMIT_RAW = "SET LOCAL synchronous_commit = off"
+ASYNC_COMMIT = text(ASYNC_COMMIT_RAW)
 """PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
 writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
 

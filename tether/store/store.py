@@ -32,7 +32,7 @@ from tether.store import migrate
 from tether.store import statements as sql
 from tether.store.base import _safe, claim_params, claims_of
 from tether.store.completes import EdgeJob
-from tether.store.engine import dialect_of, make_engine
+from tether.store.engine import BEGIN_PENDING, dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
 from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow
@@ -91,6 +91,14 @@ def _driver(conn: Connection) -> Iterator[Any]:
         yield raw
     except psycopg.Error as exc:
         raise DBAPIError("(pipeline)", None, exc) from exc
+
+
+def _begin_in(conn: Connection, raw: Any) -> None:
+    """Queue, first on a pipeline, the transaction's ``BEGIN`` if it is still to be sent
+    (see :data:`tether.store.engine.BEGIN_PENDING`): then it costs no round trip of its
+    own."""
+    if conn.info.pop(BEGIN_PENDING, False):
+        raw.execute("BEGIN")
 
 
 def _lock_tips_in(raw: Any, ids: Sequence[int]) -> Any:
@@ -180,6 +188,7 @@ class PostgresStore(Store):
         sent = [_edge_params(*jobs[n]) for n in simple]
         with _driver(conn) as raw:
             with raw.pipeline():
+                _begin_in(conn, raw)
                 ended = raw.execute(sql.PG_FINISH_RUNS_RAW, {
                     "rows": json.dumps([sql.finish_values(c) for c in completions]),
                     "ids": [c.run_id for c in completions],
@@ -210,15 +219,42 @@ class PostgresStore(Store):
         # One statement for the batch's rows and, when it is the transaction's last write,
         # the COMMIT in the same round trip.
         with _driver(conn) as raw, raw.pipeline():
+            _begin_in(conn, raw)
             raw.execute(sql.PG_NEW_ENTRIES_RAW, {"rows": json.dumps(rows)})
             if last:
-                raw.commit()
+                # A COMMIT statement, not raw.commit(): that syncs the pipeline itself,
+                # and leaving the pipeline then costs a second round trip.
+                raw.execute("COMMIT")
+
+    def _claim_ids(
+        self, conn: Connection, run_ids: Collection[int], *, worker: str,
+        lease_seconds: float, now: float | None = None, last: bool = False,
+    ) -> dict[int, Claim]:
+        if not last:
+            return super()._claim_ids(conn, run_ids, worker=worker,
+                                      lease_seconds=lease_seconds, now=now)
+        # A claim on its own: one round trip for it and its COMMIT (three otherwise), and a
+        # commit that does not wait for its WAL flush. A claim lost with the database only
+        # returns the run to the queue: its worker's record then finds the run not held by
+        # it and is discarded, as a lost worker's is, and the run is handed over again.
+        # The synced commit that records the run flushes the claim before it anyway.
+        statement, fixed = sql.pg_raw("PG_CLAIM_ANY")
+        params, lease = claim_params(run_ids, worker=worker, lease_seconds=lease_seconds,
+                                     now=now)
+        with _driver(conn) as raw:
+            with raw.pipeline():
+                _begin_in(conn, raw)
+                raw.execute(sql.ASYNC_COMMIT_RAW)
+                claimed = raw.execute(statement, {**fixed, **params})
+                raw.execute("COMMIT")
+            return claims_of(claimed.fetchall(), lease)
 
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         # Every task locked, then the tips read, in one round trip (two statements: see
         # sql.PG_LOCK_TASKS_RAW).
         with _driver(conn) as raw:
             with raw.pipeline():
+                _begin_in(conn, raw)
                 tips = _lock_tips_in(raw, ids)
             return {r[0]: (r[1], r[2]) for r in tips.fetchall()}
 
