@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from tether.errors import StoreError
-from tether.runtime.single import GroupCommit, Recorded
+from tether.runtime.single import GroupCommit, Recorded, _Lane
 from tether.store import Claim, Completion, Edge, Store
 from tether.store.engine import BEGIN_PENDING
 from tether.store.verify import verify
+
+
+def batch(committer: GroupCommit, claims: list[Any], done: list[Any]) -> None:
+    """Commit these claims and records as one batch, on a lane of the test's own."""
+    lane = _Lane()
+    try:
+        committer._commit(claims, done, lane)
+    finally:
+        GroupCommit._drop(lane)
 
 
 def test_a_run_asked_for_twice_in_one_batch_is_claimed_once(store: Store) -> None:
@@ -22,7 +33,7 @@ def test_a_run_asked_for_twice_in_one_batch_is_claimed_once(store: Store) -> Non
         first: Future[Claim | None] = Future()
         second: Future[Claim | None] = Future()
         # Two deliveries of the same message, in the same transaction.
-        committer._commit([(run_id, first), (run_id, second)], [])
+        batch(committer, [(run_id, first), (run_id, second)], [])
         results = [first.result(), second.result()]
     finally:
         committer.close()
@@ -54,7 +65,7 @@ def test_claims_and_records_in_one_batch_commit_together(store: Store) -> None:
         claimed: Future[Claim | None] = Future()
         recorded: Future[Recorded] = Future()
         before = committer.transactions
-        committer._commit([(second, claimed)], [(done, True, recorded)])
+        batch(committer, [(second, claimed)], [(done, True, recorded)])
         assert committer.transactions == before + 1
         result = recorded.result()
         second_claim = claimed.result()
@@ -89,7 +100,7 @@ def test_a_batch_whose_records_are_all_discarded_still_commits_its_claims(
                            attempt=1, succeeded=True, finished_at=claim.lease_expires_at - 29)
         claimed: Future[Claim | None] = Future()
         recorded: Future[Recorded] = Future()
-        committer._commit([(second, claimed)], [(stale, False, recorded)])
+        batch(committer, [(second, claimed)], [(stale, False, recorded)])
         assert not recorded.result().recorded
         assert claimed.result() is not None
     finally:
@@ -159,3 +170,45 @@ def test_a_statement_outside_the_pipelines_still_runs_in_the_transaction(
         assert store.find_task("kyc", "case-9") is None
     finally:
         store.close()
+
+
+def test_a_second_lane_commits_while_the_first_waits(pg_url: str) -> None:
+    # Two committer threads on PostgreSQL: a claim that waits on a row lock does not hold
+    # up another run's claim, which the second lane commits meanwhile.
+    store = Store.open(pg_url)
+    try:
+        blocked = store.submit("kyc", "case-1").run_id
+        free = store.submit("kyc", "case-2").run_id
+        assert blocked is not None and free is not None
+        committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                                lanes=2)
+        with ThreadPoolExecutor(2) as pool:
+            with store.engine.connect() as locker, locker.begin():
+                locker.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"),
+                               {"id": blocked})
+                waiting = pool.submit(committer.claim, blocked)
+                time.sleep(0.2)  # the first lane is now waiting on the lock
+                assert not waiting.done()
+                other = pool.submit(committer.claim, free).result(timeout=10)
+                assert other is not None and other.run_id == free
+                assert not waiting.done()
+            claim = waiting.result(timeout=10)  # the lock released
+        assert claim is not None and claim.run_id == blocked
+        assert committer.transactions == 2
+        committer.close()
+        assert not any(t.is_alive() for t in committer._threads)
+    finally:
+        store.close()
+
+
+def test_closing_stops_every_lane_at_once(store: Store) -> None:
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                            lanes=3)
+    run_id = store.submit("kyc", "case-1").run_id
+    assert run_id is not None and committer.claim(run_id) is not None
+    began = time.monotonic()
+    committer.close()
+    assert time.monotonic() - began < 5
+    assert not any(t.is_alive() for t in committer._threads)
+    with pytest.raises(StoreError, match="stopping"):
+        committer.claim(run_id)
