@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import event
 
 from tether import Store, TaskStatus
 from tether.store import Claim, RunStatus
@@ -147,3 +151,38 @@ def test_an_agent_filtered_claim_still_respects_the_limit(store: Store) -> None:
 
     assert [c.agent for c in claims] == ["quote", "quote"]
     assert store.pending(agents=["quote"], now=100.0).queued == 3
+
+
+@pytest.mark.parametrize("take", ["claim", "dispatch"])
+def test_taking_runs_from_a_backlog_reads_what_it_takes_not_the_backlog(
+    pg_url: str, take: str
+) -> None:
+    # A burst of queued runs on a young store (no statistics): the claim and the outbox
+    # must walk the queue in order and stop at their LIMIT. Read through PostgreSQL's
+    # per-transaction counters on the claiming connection itself.
+    store = Store.open(pg_url)
+    try:
+        store.submit_many([("quote", f"case-{i}") for i in range(2000)], now=100.0)
+        read: list[int] = []
+
+        @event.listens_for(store.engine, "after_cursor_execute")
+        def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().startswith(("WITH candidates", "WITH due")):
+                counts = conn.connection.driver_connection.execute(  # a cursor of its own
+                    "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                    "FROM pg_stat_xact_user_tables WHERE relname = 'runs'"
+                )
+                read.append(counts.fetchone()[0])
+
+        if take == "claim":
+            taken = len(store.claim("w1", limit=4, lease_seconds=30, agents=["quote"]))
+        else:
+            taken = len(store.dispatch_batch(limit=4, redispatch_after=30, agents=["quote"]))
+    finally:
+        store.close()
+
+    assert taken == 4
+    assert len(read) == 1
+    # 4 taken, a few more looked at; before the queue index held the claim order in
+    # full, every one of the 2,000 queued runs was read (and sorted).
+    assert read[0] < 50, f"{take} read {read[0]} runs to take 4"

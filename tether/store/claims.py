@@ -76,14 +76,19 @@ class Claims(Completes):
         # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
         # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP
         # LOCKED would no longer bound how many runs one claim takes.
+        if self.dialect == "postgresql":
+            conn.execute(sql.QUEUE_IN_ORDER)
         candidates = (
             self._claim_candidates(now, limit, agents)
             .cte("candidates")
             .prefix_with("MATERIALIZED", dialect="postgresql")
         )
+        # No second `status == 'queued'` test: the candidates passed it as they were locked
+        # (on SQLite the statement runs alone), and with it PostgreSQL may scan every
+        # queued run to match them.
         stmt = (
             update(runs)
-            .where(runs.c.id.in_(select(candidates.c.id)), runs.c.status == "queued")
+            .where(runs.c.id.in_(select(candidates.c.id)))
             .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
             .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
         )
@@ -159,6 +164,7 @@ class Claims(Completes):
                 # handed over again, and a duplicate delivery executes nothing. So this
                 # commit need not wait for its WAL flush: an fsync per pass saved.
                 conn.execute(sql.ASYNC_COMMIT)
+                conn.execute(sql.QUEUE_IN_ORDER)
             rows = conn.execute(statement, params).all()
             return sorted((row[0], row[1]) for row in rows)
 

@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-HEAD = "0007_triage"
+HEAD = "0008_queue_order"
 """The newest revision. Checking it costs one query, so opening a store is cheap when
 the schema is current; a test keeps it equal to Alembic's own head."""
 

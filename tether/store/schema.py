@@ -86,7 +86,8 @@ runs = Table(
     Column("lease_expires_at", Time, nullable=True),
     # When a provider (Celery, Temporal) last handed the queued run to its engine.
     Column("dispatched_at", Time, nullable=True),
-    Index(None, "status", "available_at"),
+    # The claim order in full (a claim walks it and stops at its LIMIT; see Claims._claim).
+    Index(None, "status", "available_at", "id"),
     Index(None, "task_id", "status"),
 )
 
