@@ -212,3 +212,45 @@ def test_closing_stops_every_lane_at_once(store: Store) -> None:
     assert not any(t.is_alive() for t in committer._threads)
     with pytest.raises(StoreError, match="stopping"):
         committer.claim(run_id)
+
+
+def test_the_committers_statements_are_planned_once_per_connection(pg_url: str) -> None:
+    # Its transactions use the generic plan of each prepared statement (psycopg prepares
+    # a statement on its sixth execution), never a plan made for one execution; with
+    # sequential scans off those plans use the indexes. Read from the lane's own session.
+    store = Store.open(pg_url)
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=True,
+                            agents=frozenset({"kyc", "sanctions"}))
+    lane = _Lane()
+    try:
+        for n in range(12):
+            run_id = store.submit("kyc", f"case-{n}").run_id
+            claimed: Future[Claim | None] = Future()
+            committer._commit([(run_id, claimed)], [], lane)
+            claim = claimed.result()
+            assert claim is not None
+            done = Completion(
+                run_id=run_id, task_id=claim.task_id, worker="w1", attempt=1,
+                succeeded=True, finished_at=time.time(), output={"n": n},
+                edges=(Edge(name="kyc.done", agent="sanctions", key=f"case-{n}",
+                            requires=("kyc.done",)),),
+            )
+            recorded: Future[Recorded] = Future()
+            committer._commit([], [(done, True, recorded)], lane)
+            assert recorded.result().recorded
+        assert lane.conn is not None
+        with lane.conn.begin():  # as the committer begins its transactions
+            lane.conn.info[BEGIN_PENDING] = True
+            generic, custom, *settings = lane.conn.execute(text(
+                "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0), "
+                "current_setting('plan_cache_mode'), current_setting('enable_seqscan') "
+                "FROM pg_prepared_statements"
+            )).one()
+    finally:
+        GroupCommit._drop(lane)
+        committer.close()
+        store.close()
+
+    assert custom == 0
+    assert generic >= 6 * 5  # five statements or more, each run at least 6 times as prepared
+    assert settings == ["force_generic_plan", "off"]

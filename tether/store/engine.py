@@ -31,6 +31,22 @@ the ``BEGIN`` alone first); any other statement sends it first (see
 :func:`postgres_engine`). Set by the group commit of engine providers, whose connection
 is its own for its whole life."""
 
+BEGIN_PLANNED_ONCE = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), "
+    "set_config('enable_seqscan', 'off', true)"
+)
+"""Sent after the ``BEGIN`` of a :data:`BEGIN_PENDING` transaction (the engine providers'
+group commit): its statements are planned once per connection, not at every execution.
+They are the same few statements, each finding rows by id or key through an index, run
+thousands of times a minute; planning them each time was half of their database time
+(measured with pg_stat_statements: the statement that records a trigger edge 100 µs of
+planning to 155 µs of execution, the read of the chain tips 72 µs to 6 µs). The store's
+other sessions plan every statement (see :func:`postgres_engine`) because a plan made
+once while a new store's tables are nearly empty may scan them, and keep scanning as they
+grow; with sequential scans disabled for these transactions their one plan takes the
+indexes however small the tables were (measured: each statement's execution time flat
+while one store grew from nothing to 45,000 runs)."""
+
 
 def dialect_of(url: str) -> str:
     """``sqlite`` or ``postgresql`` for a store URL, or a ConfigError naming what is supported."""
@@ -134,6 +150,7 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
         # statement outside the store's pipelines: BEGIN first, as psycopg would.
         if conn.info.pop(BEGIN_PENDING, False):
             cursor.execute("BEGIN")
+            cursor.execute(BEGIN_PLANNED_ONCE)
 
     return engine
 

@@ -32,7 +32,7 @@ from tether.store import migrate
 from tether.store import statements as sql
 from tether.store.base import _safe, claim_params, claims_of
 from tether.store.completes import EdgeJob
-from tether.store.engine import BEGIN_PENDING, dialect_of, make_engine
+from tether.store.engine import BEGIN_PENDING, BEGIN_PLANNED_ONCE, dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
 from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow
@@ -96,9 +96,10 @@ def _driver(conn: Connection) -> Iterator[Any]:
 def _begin_in(conn: Connection, raw: Any) -> None:
     """Queue, first on a pipeline, the transaction's ``BEGIN`` if it is still to be sent
     (see :data:`tether.store.engine.BEGIN_PENDING`): then it costs no round trip of its
-    own."""
+    own. Its statements are planned once per connection (``BEGIN_PLANNED_ONCE``)."""
     if conn.info.pop(BEGIN_PENDING, False):
         raw.execute("BEGIN")
+        raw.execute(BEGIN_PLANNED_ONCE)
 
 
 def _lock_tips_in(raw: Any, ids: Sequence[int]) -> Any:
