@@ -215,9 +215,10 @@ def test_closing_stops_every_lane_at_once(store: Store) -> None:
 
 
 def test_the_committers_statements_are_planned_once_per_connection(pg_url: str) -> None:
-    # Its transactions use the generic plan of each prepared statement (psycopg prepares
-    # a statement on its sixth execution), never a plan made for one execution; with
-    # sequential scans off those plans use the indexes. Read from the lane's own session.
+    # Its sessions use the generic plan of each prepared statement (psycopg prepares a
+    # statement on its sixth execution), never a plan made for one execution; with
+    # sequential scans off those plans use the indexes. Read from the lane's own session;
+    # the store's other sessions still plan every execution.
     store = Store.open(pg_url)
     committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=True,
                             agents=frozenset({"kyc", "sanctions"}))
@@ -246,11 +247,16 @@ def test_the_committers_statements_are_planned_once_per_connection(pg_url: str) 
                 "current_setting('plan_cache_mode'), current_setting('enable_seqscan') "
                 "FROM pg_prepared_statements"
             )).one()
+        with store.engine.connect() as other:
+            elsewhere = other.execute(text(
+                "SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')"
+            )).one()
     finally:
         GroupCommit._drop(lane)
         committer.close()
         store.close()
 
+    assert tuple(elsewhere) == ("force_custom_plan", "on")
     assert custom == 0
     assert generic >= 6 * 5  # five statements or more, each run at least 6 times as prepared
     assert settings == ["force_generic_plan", "off"]

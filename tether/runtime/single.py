@@ -228,7 +228,7 @@ class GroupCommit:
         for attempt in range(1, 9):
             try:
                 if lane.conn is None:
-                    lane.conn = store.engine.connect()
+                    lane.conn = store.group_engine.connect()
                     lane.conn.execution_options(**{WRITE: True})
                     if explicit:
                         lane.conn.execution_options(isolation_level="AUTOCOMMIT")

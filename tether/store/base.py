@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,9 +35,12 @@ class StoreBase(StoreReads):
     _new_trigger: Any
     """INSERT a trigger edge unless recorded already, RETURNING its id."""
 
-    def __init__(self, engine: Engine, *, url: str) -> None:
+    def __init__(self, engine: Engine, *, url: str, durability: str = "full") -> None:
         self.engine = engine
         self.url = url
+        self.durability = durability
+        self._group_engine: Engine | None = None
+        self._group_lock = threading.Lock()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

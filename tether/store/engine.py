@@ -31,22 +31,6 @@ the ``BEGIN`` alone first); any other statement sends it first (see
 :func:`postgres_engine`). Set by the group commit of engine providers, whose connection
 is its own for its whole life."""
 
-BEGIN_PLANNED_ONCE = (
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), "
-    "set_config('enable_seqscan', 'off', true)"
-)
-"""Sent after the ``BEGIN`` of a :data:`BEGIN_PENDING` transaction (the engine providers'
-group commit): its statements are planned once per connection, not at every execution.
-They are the same few statements, each finding rows by id or key through an index, run
-thousands of times a minute; planning them each time was half of their database time
-(measured with pg_stat_statements: the statement that records a trigger edge 100 µs of
-planning to 155 µs of execution, the read of the chain tips 72 µs to 6 µs). The store's
-other sessions plan every statement (see :func:`postgres_engine`) because a plan made
-once while a new store's tables are nearly empty may scan them, and keep scanning as they
-grow; with sequential scans disabled for these transactions their one plan takes the
-indexes however small the tables were (measured: each statement's execution time flat
-while one store grew from nothing to 45,000 runs)."""
-
 
 def dialect_of(url: str) -> str:
     """``sqlite`` or ``postgresql`` for a store URL, or a ConfigError naming what is supported."""
@@ -113,8 +97,9 @@ def sqlite_engine(url: str, *, durability: str = "full") -> Engine:
     return engine
 
 
-def postgres_engine(url: str, *, durability: str = "full") -> Engine:
-    """An engine on PostgreSQL through psycopg 3, pooled."""
+def postgres_engine(url: str, *, durability: str = "full", planned_once: bool = False) -> Engine:
+    """An engine on PostgreSQL through psycopg 3, pooled. ``planned_once``: the engine of
+    the engine providers' group commit (see :attr:`tether.store.Store.group_engine`)."""
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -125,6 +110,16 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
     # custom plans, 1.4 ms and rising with the generic one). Planning these statements
     # costs less than that risk.
     options = ["-c plan_cache_mode=force_custom_plan"]
+    if planned_once:
+        # Except the group commit's: the same few statements, each finding rows by id or
+        # key through an index, run thousands of times a minute, and planning them each
+        # time was half of their database time (pg_stat_statements: recording an edge
+        # 100 us of planning to 155 us of execution, the chain tips 72 us to 6 us). Its
+        # sessions use each prepared statement's one generic plan, and with sequential
+        # scans off that plan takes the indexes however small the tables were when it was
+        # made (measured: each statement's execution time flat while one store grew from
+        # nothing to 45,000 runs).
+        options = ["-c plan_cache_mode=force_generic_plan", "-c enable_seqscan=off"]
     if durability != "full":
         options.append("-c synchronous_commit=off")
     if parsed.query.get("options"):  # the URL's own options come last, so they win
@@ -135,8 +130,9 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
         engine = create_engine(
             parsed,
             connect_args=connect_args,
-            pool_size=10,
-            max_overflow=20,
+            # The group commit holds a connection per committer thread for its life.
+            pool_size=2 if planned_once else 10,
+            max_overflow=6 if planned_once else 20,
             pool_pre_ping=True,
         )
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -150,13 +146,12 @@ def postgres_engine(url: str, *, durability: str = "full") -> Engine:
         # statement outside the store's pipelines: BEGIN first, as psycopg would.
         if conn.info.pop(BEGIN_PENDING, False):
             cursor.execute("BEGIN")
-            cursor.execute(BEGIN_PLANNED_ONCE)
 
     return engine
 
 
-def make_engine(url: str, *, durability: str = "full") -> Engine:
-    """The engine for a store URL."""
+def make_engine(url: str, *, durability: str = "full", planned_once: bool = False) -> Engine:
+    """The engine for a store URL (``planned_once``: see :func:`postgres_engine`)."""
     if dialect_of(url) == "sqlite":
         return sqlite_engine(url, durability=durability)
-    return postgres_engine(url, durability=durability)
+    return postgres_engine(url, durability=durability, planned_once=planned_once)

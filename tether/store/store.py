@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -32,7 +32,7 @@ from tether.store import migrate
 from tether.store import statements as sql
 from tether.store.base import _safe, claim_params, claims_of
 from tether.store.completes import EdgeJob
-from tether.store.engine import BEGIN_PENDING, BEGIN_PLANNED_ONCE, dialect_of, make_engine
+from tether.store.engine import BEGIN_PENDING, dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
 from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow
@@ -58,7 +58,7 @@ class Store(Operators):
             url = settings
         cls: type[Store] = SQLiteStore if dialect_of(url) == "sqlite" else PostgresStore
         engine = make_engine(url, durability=durability)
-        store = cls(engine, url=url)
+        store = cls(engine, url=url, durability=durability)
         if migrate_:
             try:
                 migrate.ensure_current(engine)
@@ -67,9 +67,25 @@ class Store(Operators):
                 raise StoreError(f"cannot open the store at {_safe(url)}: {exc.orig}") from exc
         return store
 
+    @property
+    def group_engine(self) -> Engine:
+        """The engine of the engine providers' group commit (its committer threads'
+        connections). On PostgreSQL an engine of its own, made on first use, whose
+        sessions plan each statement once (see :func:`tether.store.engine.postgres_engine`);
+        on SQLite the store's."""
+        if self.dialect != "postgresql":
+            return self.engine
+        with self._group_lock:
+            if self._group_engine is None:
+                self._group_engine = make_engine(self.url, durability=self.durability,
+                                                 planned_once=True)
+            return self._group_engine
+
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+        if self._group_engine is not None:
+            self._group_engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -96,10 +112,9 @@ def _driver(conn: Connection) -> Iterator[Any]:
 def _begin_in(conn: Connection, raw: Any) -> None:
     """Queue, first on a pipeline, the transaction's ``BEGIN`` if it is still to be sent
     (see :data:`tether.store.engine.BEGIN_PENDING`): then it costs no round trip of its
-    own. Its statements are planned once per connection (``BEGIN_PLANNED_ONCE``)."""
+    own."""
     if conn.info.pop(BEGIN_PENDING, False):
         raw.execute("BEGIN")
-        raw.execute(BEGIN_PLANNED_ONCE)
 
 
 def _lock_tips_in(raw: Any, ids: Sequence[int]) -> Any:
