@@ -73,11 +73,11 @@ class Claims(Completes):
     ) -> list[Claim]:
         now = time.time() if now is None else now
         lease = now + lease_seconds
+        if self.dialect == "postgresql":
+            conn.execute(sql.QUEUE_IN_ORDER)
         # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
         # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP
         # LOCKED would no longer bound how many runs one claim takes.
-        if self.dialect == "postgresql":
-            conn.execute(sql.QUEUE_IN_ORDER)
         candidates = (
             self._claim_candidates(now, limit, agents)
             .cte("candidates")

@@ -250,10 +250,13 @@ class PostgresStore(Store):
             return super()._claim_ids(conn, run_ids, worker=worker,
                                       lease_seconds=lease_seconds, now=now)
         # A claim on its own: one round trip for it and its COMMIT (three otherwise), and a
-        # commit that does not wait for its WAL flush. A claim lost with the database only
-        # returns the run to the queue: its worker's record then finds the run not held by
-        # it and is discarded, as a lost worker's is, and the run is handed over again.
-        # The synced commit that records the run flushes the claim before it anyway.
+        # commit that does not wait for its WAL flush. The WAL is written in order, so any
+        # later synced commit of this worker flushes the claim first: the start of a step
+        # keyed for once (written before the step's action runs) and the run's record. A
+        # claim lost with a crashed database therefore had nothing durable after it: no
+        # keyed action ran on it, the run returns to the queue and is handed over again,
+        # and the worker's record, if it comes, finds the run not held by it and is
+        # discarded, as a lost worker's is.
         statement, fixed = sql.pg_raw("PG_CLAIM_ANY")
         params, lease = claim_params(run_ids, worker=worker, lease_seconds=lease_seconds,
                                      now=now)
