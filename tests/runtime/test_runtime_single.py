@@ -25,6 +25,17 @@ def batch(committer: GroupCommit, claims: list[Any], done: list[Any]) -> None:
         GroupCommit._drop(lane)
 
 
+def succeeded(claim: Claim, *, output: Any = None, finished_at: float | None = None) -> Completion:
+    """The claimed run succeeded on w1, triggering ``sanctions`` for the same key."""
+    return Completion(
+        run_id=claim.run_id, task_id=claim.task_id, worker="w1", attempt=1, succeeded=True,
+        finished_at=claim.lease_expires_at - 29 if finished_at is None else finished_at,
+        output=output,
+        edges=(Edge(name="kyc.done", agent="sanctions", key=claim.key,
+                    requires=("kyc.done",)),),
+    )
+
+
 def test_a_run_asked_for_twice_in_one_batch_is_claimed_once(store: Store) -> None:
     run_id = store.submit("kyc", "case-1").run_id
     assert run_id is not None
@@ -56,12 +67,7 @@ def test_claims_and_records_in_one_batch_commit_together(store: Store) -> None:
     try:
         claim = committer.claim(first)
         assert claim is not None
-        done = Completion(
-            run_id=first, task_id=claim.task_id, worker="w1", attempt=1, succeeded=True,
-            finished_at=claim.lease_expires_at - 29, output={"ok": True},
-            edges=(Edge(name="kyc.done", agent="sanctions", key="case-1",
-                        requires=("kyc.done",)),),
-        )
+        done = succeeded(claim, output={"ok": True})
         claimed: Future[Claim | None] = Future()
         recorded: Future[Recorded] = Future()
         before = committer.transactions
@@ -131,12 +137,7 @@ def test_a_record_whose_last_statement_fails_leaves_nothing_behind(pg_url: str) 
         try:
             claim = committer.claim(run_id)
             assert claim is not None
-            done = Completion(
-                run_id=run_id, task_id=claim.task_id, worker="w1", attempt=1,
-                succeeded=True, finished_at=claim.lease_expires_at - 29,
-                edges=(Edge(name="kyc.done", agent="sanctions", key="case-1",
-                            requires=("kyc.done",)),),
-            )
+            done = succeeded(claim)
             with pytest.raises(StoreError, match="the ledger refuses"):
                 committer.complete(done, follow=True)
             # The committer goes on: its next transaction begins afresh.
@@ -230,12 +231,7 @@ def test_the_committers_statements_are_planned_once_per_connection(pg_url: str) 
             committer._commit([(run_id, claimed)], [], lane)
             claim = claimed.result()
             assert claim is not None
-            done = Completion(
-                run_id=run_id, task_id=claim.task_id, worker="w1", attempt=1,
-                succeeded=True, finished_at=time.time(), output={"n": n},
-                edges=(Edge(name="kyc.done", agent="sanctions", key=f"case-{n}",
-                            requires=("kyc.done",)),),
-            )
+            done = succeeded(claim, output={"n": n}, finished_at=time.time())
             recorded: Future[Recorded] = Future()
             committer._commit([], [(done, True, recorded)], lane)
             assert recorded.result().recorded
