@@ -5,12 +5,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from tether import OutputError, Store, TaskStatus
 from tether.store import Completion, RunStatus
+from tether.store.statements import NOTIFY_CHANNEL
+
+NO_INPUT = object()
 
 
 def _finish(store: Store, worker: str = "w1") -> int:
@@ -178,7 +184,12 @@ def test_none_is_an_input_distinct_from_no_input(store: Store) -> None:
     assert [(i.seq, i.data) for i in store.inputs(sub.task_id)] == [(1, None)]
 
 
-def test_concurrent_submits_of_one_key_create_one_task_and_one_run(store: Store) -> None:
+@pytest.mark.parametrize("data", [{"v": 1}, NO_INPUT], ids=["input", "no-input"])
+def test_concurrent_submits_of_one_key_create_one_task_and_one_run(
+    store: Store, data: Any
+) -> None:
+    # Without input PostgreSQL takes its one-statement path for a new task; the losers
+    # of the race find the task and take the general one.
     barrier = threading.Barrier(8)
     results = []
     errors: list[BaseException] = []
@@ -187,7 +198,8 @@ def test_concurrent_submits_of_one_key_create_one_task_and_one_run(store: Store)
     def submit() -> None:
         try:
             barrier.wait()
-            sub = store.submit("quote", "case-race", {"v": 1})
+            sub = (store.submit("quote", "case-race") if data is NO_INPUT
+                   else store.submit("quote", "case-race", data))
             with lock:
                 results.append(sub)
         except BaseException as exc:
@@ -205,7 +217,31 @@ def test_concurrent_submits_of_one_key_create_one_task_and_one_run(store: Store)
     assert sum(r.created for r in results) == 1
     assert len([r for r in results if r.run_id is not None]) == 1
     assert len(store.runs_of(results[0].task_id)) == 1
-    assert len(store.inputs(results[0].task_id)) == 1
+    assert len(store.inputs(results[0].task_id)) == (0 if data is NO_INPUT else 1)
+
+
+def test_a_submission_that_queues_a_run_notifies_the_outboxes(pg_url: str) -> None:
+    # Engine providers' outboxes LISTEN on the store's channel and hand a run over at
+    # once instead of at their next poll.
+    dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def notified() -> int:
+        return sum(1 for _ in listener.notifies(timeout=0.3, stop_after=5))
+
+    try:
+        with Store.open(pg_url) as store:
+            first = store.submit("quote", "case-1")
+            assert notified() == 1  # a new task: its first run is queued
+            store.submit("quote", "case-1")
+            assert notified() == 0  # nothing new, nothing queued
+            _finish(store)
+            store.submit("quote", "case-1", {"v": 2})
+            assert notified() == 1  # new input: a new run
+            assert len(store.runs_of(first.task_id)) == 2
+    finally:
+        listener.close()
 
 
 def test_input_that_cannot_be_stored_is_refused_naming_the_field(store: Store) -> None:

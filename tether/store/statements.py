@@ -222,6 +222,33 @@ NEW_RUN_CTE = (
 PG_NEW_EDGE = select(NEW_RUN_CTE.c.id, NEW_RUN_CTE.c.task_id)
 """A trigger edge to a new task, with the task's first run: see ``PostgresStore._new_edges``."""
 
+_SUBMITTED_TASK_CTE = (
+    pg_insert(tasks)
+    .values(agent=bindparam("agent", type_=String), key=bindparam("key", type_=String),
+            created_at=bindparam("at", type_=Float))
+    .on_conflict_do_nothing()
+    .returning(tasks.c.id)
+    .cte("new_task")
+)
+_SUBMITTED_RUN_CTE = (
+    insert(runs)
+    .from_select(
+        ["task_id", "attempt", "reason", "note", "status", "created_at", "available_at"],
+        select(
+            _SUBMITTED_TASK_CTE.c.id, literal(1), bindparam("reason", type_=String),
+            bindparam("note", type_=String), literal("queued"),
+            bindparam("at", type_=Float), bindparam("at", type_=Float),
+        ),
+    )
+    .returning(runs.c.id, runs.c.task_id)
+    .cte("new_run")
+)
+PG_NEW_SUBMISSION = select(
+    _SUBMITTED_RUN_CTE.c.id, _SUBMITTED_RUN_CTE.c.task_id, func.pg_notify(NOTIFY_CHANNEL, "")
+)
+"""A submitted task that is new, its first run queued and the outboxes notified, in one
+statement; no row when the task exists (see ``PostgresStore._submit_new``)."""
+
 FINISH_RUN = (
     update(runs)
     .where(

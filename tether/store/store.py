@@ -35,7 +35,7 @@ from tether.store.completes import EdgeJob
 from tether.store.engine import BEGIN_PENDING, dialect_of, make_engine
 from tether.store.operators import Operators
 from tether.store.schema import tasks, triggers
-from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow
+from tether.store.writes import Claim, ClaimIds, Completion, Edge, Follow, Submission
 
 
 class Store(Operators):
@@ -181,6 +181,19 @@ class PostgresStore(Store):
 
     def _insert_ignore(self, table: Any) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
+
+    def _submit_new(
+        self, conn: Connection, agent: str, key: str, *, reason: str, note: str | None,
+        now: float,
+    ) -> Submission | None:
+        # One statement (sql.PG_NEW_SUBMISSION) for what the general path does in three:
+        # the task, its run and the outboxes' NOTIFY.
+        row = conn.execute(sql.PG_NEW_SUBMISSION, {
+            "agent": agent, "key": key, "at": now, "reason": reason, "note": note,
+        }).first()
+        if row is None:
+            return None
+        return Submission(task_id=row.task_id, run_id=row.id, created=True)
 
     def _lock_task(self, conn: Connection, task_id: int) -> None:
         conn.execute(select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())

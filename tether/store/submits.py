@@ -109,6 +109,10 @@ class Submits(StoreBase):
 
     def _submit_one(self, conn: Connection, agent: str, key: str, input: Any, reason: str,
                     note: str | None, now: float) -> Submission:
+        if input is _MISSING and reason != "trigger":
+            new = self._submit_new(conn, agent, key, reason=reason, note=note, now=now)
+            if new is not None:
+                return new
         task_id, created = self._upsert_task(conn, agent, key, now)
         new_info = False
         if input is not _MISSING:
@@ -123,6 +127,15 @@ class Submits(StoreBase):
             run_id = self._enqueue(conn, task_id, reason=reason, now=now, note=note,
                                    fresh=created)
         return Submission(task_id=task_id, run_id=run_id, created=created)
+
+    def _submit_new(
+        self, conn: Connection, agent: str, key: str, *, reason: str, note: str | None,
+        now: float,
+    ) -> Submission | None:
+        """A dialect's shortcut for the common submission, a task that is new with no
+        input: the task and its first run (queued now) written at once, or None when the
+        task exists or the dialect has no shortcut (then the general path runs)."""
+        return None
 
     def _upsert_task(
         self, conn: Connection, agent: str, key: str, now: float
