@@ -443,7 +443,10 @@ def test_a_sigkilled_worker_loses_nothing_and_runs_nothing_twice(
 def test_two_worker_processes_share_the_work_and_run_each_run_once(
     folder: Path, redis: str, queue: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = celery_env(folder, redis, queue, pg_url, FIRST_ATTEMPT_SLEEP="0.1")
+    # Work that one worker alone needs 5 s for (40 runs of 0.5 s on 4 threads), so the
+    # second has started long before it could be done: at 0.1 s a run, a fast first
+    # worker finished everything while the second was still importing on a loaded machine.
+    env = celery_env(folder, redis, queue, pg_url, FIRST_ATTEMPT_SLEEP="0.5")
     monkeypatch.setenv("TEST_LOG", env["TEST_LOG"])  # submitting here imports the agents
     n = 40
     with Project.load(folder, database_url=pg_url) as project:
