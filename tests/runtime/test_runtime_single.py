@@ -160,7 +160,7 @@ def test_a_statement_outside_the_pipelines_still_runs_in_the_transaction(
     # rollback undoes it.
     store = Store.open(pg_url)
     try:
-        with store.engine.connect() as conn:
+        with store.group_engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             with pytest.raises(RuntimeError), conn.begin():
                 conn.info[BEGIN_PENDING] = True

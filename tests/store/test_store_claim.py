@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from tether import Store, TaskStatus
 from tether.store import Claim, RunStatus
@@ -153,15 +153,24 @@ def test_an_agent_filtered_claim_still_respects_the_limit(store: Store) -> None:
     assert store.pending(agents=["quote"], now=100.0).queued == 3
 
 
+@pytest.mark.parametrize("history", ["young", "drained"])
 @pytest.mark.parametrize("take", ["claim", "dispatch"])
 def test_taking_runs_from_a_backlog_reads_what_it_takes_not_the_backlog(
-    pg_url: str, take: str
+    pg_url: str, take: str, history: str
 ) -> None:
-    # A burst of queued runs on a young store (no statistics): the claim and the outbox
-    # must walk the queue in order and stop at their LIMIT. Read through PostgreSQL's
-    # per-transaction counters on the claiming connection itself.
+    # A burst of queued runs, on a young store (no statistics) or on one whose statistics
+    # were taken while its queue was empty: the claim and the outbox must walk the queue
+    # in order and stop at their LIMIT. Read through PostgreSQL's per-transaction counters
+    # on the claiming connection itself.
     store = Store.open(pg_url)
     try:
+        if history == "drained":
+            store.submit_many([("quote", f"old-{i}") for i in range(2000)], now=50.0)
+            with store.engine.begin() as conn:
+                conn.execute(text("UPDATE runs SET status = 'succeeded'"))
+            with store.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.execute(text("ANALYZE runs"))
         store.submit_many([("quote", f"case-{i}") for i in range(2000)], now=100.0)
         read: list[int] = []
 

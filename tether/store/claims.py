@@ -73,8 +73,6 @@ class Claims(Completes):
     ) -> list[Claim]:
         now = time.time() if now is None else now
         lease = now + lease_seconds
-        if self.dialect == "postgresql":
-            conn.execute(sql.QUEUE_IN_ORDER)
         # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
         # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP
         # LOCKED would no longer bound how many runs one claim takes.
@@ -164,7 +162,6 @@ class Claims(Completes):
                 # handed over again, and a duplicate delivery executes nothing. So this
                 # commit need not wait for its WAL flush: an fsync per pass saved.
                 conn.execute(sql.ASYNC_COMMIT)
-                conn.execute(sql.QUEUE_IN_ORDER)
             rows = conn.execute(statement, params).all()
             return sorted((row[0], row[1]) for row in rows)
 

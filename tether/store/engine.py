@@ -28,8 +28,9 @@ BEGIN_PENDING = "tether_begin_pending"
 and the current write transaction has not sent its ``BEGIN`` yet. The store's pipelines
 send it in their own round trip (psycopg, left to begin a transaction itself, waits for
 the ``BEGIN`` alone first); any other statement sends it first (see
-:func:`postgres_engine`). Set by the group commit of engine providers, whose connection
-is its own for its whole life."""
+:func:`postgres_engine`). Set by the group commit of engine providers, on the
+connections of its own engine (``planned_once``), each held for a committer thread's
+whole life."""
 
 
 def dialect_of(url: str) -> str:
@@ -140,12 +141,14 @@ def postgres_engine(url: str, *, durability: str = "full", planned_once: bool = 
             "PostgreSQL needs the psycopg driver: pip install 'tether[postgres]'"
         ) from exc
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _begin_first(conn: Any, cursor: Any, *_: Any) -> None:
-        # A transaction whose BEGIN is still to be sent (BEGIN_PENDING) reached a
-        # statement outside the store's pipelines: BEGIN first, as psycopg would.
-        if conn.info.pop(BEGIN_PENDING, False):
-            cursor.execute("BEGIN")
+    if planned_once:  # only the group commit leaves its BEGIN pending
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _begin_first(conn: Any, cursor: Any, *_: Any) -> None:
+            # A transaction whose BEGIN is still to be sent (BEGIN_PENDING) reached a
+            # statement outside the store's pipelines: BEGIN first, as psycopg would.
+            if conn.info.pop(BEGIN_PENDING, False):
+                cursor.execute("BEGIN")
 
     return engine
 

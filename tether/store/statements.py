@@ -78,14 +78,6 @@ ASYNC_COMMIT_RAW = "SET LOCAL synchronous_commit = off"
 ASYNC_COMMIT = text(ASYNC_COMMIT_RAW)
 """PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
 writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
-QUEUE_IN_ORDER = text("SET LOCAL enable_sort = off")
-"""PostgreSQL: the claims and the outbox that follow in this transaction walk the queue
-index in order and stop at their LIMIT, never read and sort every queued run. Without
-statistics that show a backlog (a young store, or a queue that was empty when the table
-was last analyzed and then took a burst) the planner expects a handful of queued runs
-and picks the sort: a worker then read all 3,000 runs of a burst, and tested each
-against its agents and its task's running runs, to claim four (8 ms against 0.2 ms a
-claim; 100 against 600 runs per second)."""
 
 _LAST = (
     select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
