@@ -299,6 +299,22 @@ def test_a_run_whose_message_was_lost_is_published_again(
     assert time.monotonic() - began < 10
 
 
+def test_a_batch_published_to_a_queue_no_one_declared_yet_reaches_it(
+    broker: str, queue: str, make_project: MakeProject
+) -> None:
+    # Only a batch's first message declares the queue (for the others kombu's declaration
+    # cache would answer); without it RabbitMQ refuses the exchange and Redis drops the
+    # messages for want of a bound queue.
+    project = make_project([], broker_url=broker, task_queue=queue)
+    provider = get_provider(project, "celery")
+    assert isinstance(provider, CeleryProvider)
+    provider.deliver([(n, "solo") for n in range(1, 6)])
+    deadline = time.monotonic() + 5
+    while (ready := provider.backlog()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)  # RabbitMQ counts a moment late
+    assert ready == 5
+
+
 def test_an_unreachable_broker_says_how_to_start_one(
     make_project: MakeProject, queue: str
 ) -> None:
