@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sqlalchemy import text
+
 import tether
 from tether import Context, Project
 from tether.providers.base import Dispatcher
 from tether.runtime.single import RunOne
+from tether.store.statements import NOTIFY_CHANNEL
 
 MakeProject = Callable[..., Project]
 
@@ -48,6 +51,47 @@ def test_one_dispatcher_per_outbox_acts_and_another_takes_over_when_it_stops(
         assert second_out == [(run3, "solo")]
     finally:
         for d in (first, second, other):
+            d.stop()
+            d.runner.close()
+
+
+def _listeners(project: Project) -> int:
+    """Sessions on the store's database that listen for due runs (their last statement)."""
+    with project.store.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query = :listen"), {"listen": f"LISTEN {NOTIFY_CHANNEL}"}).scalar_one())
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.02)
+
+
+def test_only_the_acting_dispatcher_listens_and_its_successor_takes_over_listening(
+    make_project: MakeProject, pg_url: str
+) -> None:
+    @tether.agent
+    def solo(ctx: Context) -> None:
+        return None
+
+    project = make_project([solo], database_url=pg_url)
+    first = _dispatcher(project, [], "celery:q1")
+    second = _dispatcher(project, [], "celery:q1")
+    try:
+        first.start()
+        _until(lambda: first.leading and _listeners(project) == 1, "the first listens")
+        second.start()
+        time.sleep(0.5)  # 50 of the second's polls: it would have listened by now
+        assert not second.leading and _listeners(project) == 1
+
+        first.stop()  # its lock and its listening session end
+        _until(lambda: second.leading, "the second takes over")
+        _until(lambda: _listeners(project) == 1, "the second listens")
+    finally:
+        for d in (first, second):
             d.stop()
             d.runner.close()
 

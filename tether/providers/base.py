@@ -200,19 +200,29 @@ class Dispatcher:
         """Wake the dispatcher when the store notifies that a run is due (PostgreSQL
         ``LISTEN``), so a submitted run is handed over within a millisecond or two rather
         than after up to ``poll`` seconds. The poll stays: it covers notifications missed
-        while this connection was down, retries coming due, and SQLite."""
+        while this connection was down, retries coming due, and SQLite.
+
+        Only the acting dispatcher listens: PostgreSQL wakes every listening session, and
+        its client thread, on every submission, for nothing in the others (measured with
+        four worker processes: 0.14 against 0.04 ms of CPU per run for the listeners). One
+        that takes over listens from its next check, at most a second later; its poll
+        covers the gap."""
         import psycopg
         from sqlalchemy.engine import make_url
 
         url = make_url(self.runner.store.url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
         while not self._stop.is_set():
+            if not self._leading:
+                self._stop.wait(min(self.poll, 1.0))
+                continue
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake.set()  # whatever was notified before this LISTEN
-                    while not self._stop.is_set():
-                        # A timed wait, so that stop() is seen within a second.
+                    while self._leading and not self._stop.is_set():
+                        # A timed wait, so that stop() and a lost lead are seen within a
+                        # second.
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._wake.set()
             except Exception as exc:  # the poll carries on; listen again shortly
