@@ -173,26 +173,33 @@ def test_a_statement_outside_the_pipelines_still_runs_in_the_transaction(
         store.close()
 
 
-def test_a_second_lane_commits_while_the_first_waits(pg_url: str) -> None:
+def test_a_second_lane_commits_while_the_first_waits_once_two_requests_wait(
+    pg_url: str
+) -> None:
     # Two committer threads on PostgreSQL: a claim that waits on a row lock does not hold
-    # up another run's claim, which the second lane commits meanwhile.
+    # up other runs' claims, which the second lane commits meanwhile; but not one request
+    # alone, which waits to join the next batch (SECOND_LANE_MIN).
     store = Store.open(pg_url)
     try:
-        blocked = store.submit("kyc", "case-1").run_id
-        free = store.submit("kyc", "case-2").run_id
-        assert blocked is not None and free is not None
+        blocked, first, second = (store.submit("kyc", f"case-{n}").run_id for n in (1, 2, 3))
+        assert blocked is not None and first is not None and second is not None
         committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
                                 lanes=2)
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             with store.engine.connect() as locker, locker.begin():
                 locker.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"),
                                {"id": blocked})
                 waiting = pool.submit(committer.claim, blocked)
                 time.sleep(0.2)  # the first lane is now waiting on the lock
                 assert not waiting.done()
-                other = pool.submit(committer.claim, free).result(timeout=10)
-                assert other is not None and other.run_id == free
-                assert not waiting.done()
+                alone = pool.submit(committer.claim, first)
+                time.sleep(0.2)
+                assert not alone.done()  # one request: the second lane leaves it
+                other = pool.submit(committer.claim, second).result(timeout=10)
+                assert other is not None and other.run_id == second
+                claim = alone.result(timeout=10)  # in the same transaction
+                assert claim is not None and claim.run_id == first
+                assert committer.transactions == 1 and not waiting.done()
             claim = waiting.result(timeout=10)  # the lock released
         assert claim is not None and claim.run_id == blocked
         assert committer.transactions == 2
