@@ -244,6 +244,32 @@ def test_a_submission_that_queues_a_run_notifies_the_outboxes(pg_url: str) -> No
         listener.close()
 
 
+def test_a_new_task_is_submitted_by_one_statement_in_its_own_transaction(
+    pg_url: str
+) -> None:
+    # No BEGIN or COMMIT to wait for: the statement runs in autocommit mode. Any other
+    # submission (the task exists, or input comes with it) takes a transaction.
+    seen: list[tuple[bool, str]] = []
+    with Store.open(pg_url) as store:
+
+        @event.listens_for(store.engine, "before_cursor_execute")
+        def _record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            seen.append((conn.connection.driver_connection.autocommit, statement.split()[0]))
+
+        sub = store.submit("quote", "case-1")
+        assert sub.created and sub.run_id is not None
+        assert seen[-1:] == [(True, "WITH")] and [s for s in seen if s[0]] == seen[-1:]
+        seen.clear()
+        again = store.submit("quote", "case-1")  # exists: tried once, then the general path
+        assert again.task_id == sub.task_id and again.run_id is None
+        assert [s for s in seen if s[0]] == [(True, "WITH")]
+        assert seen[1:] and not any(auto for auto, _ in seen[1:])
+        seen.clear()
+        store.submit("quote", "case-2", {"v": 1})
+        assert seen and not any(auto for auto, _ in seen)
+        assert len(store.runs_of(sub.task_id)) == 1
+
+
 def test_input_that_cannot_be_stored_is_refused_naming_the_field(store: Store) -> None:
     with pytest.raises(OutputError, match=r"^input\.received is a datetime\.date"):
         store.submit("quote", "case-1", {"received": dt.date(2026, 1, 2)})

@@ -34,6 +34,9 @@ class StoreBase(StoreReads):
     """INSERT a task unless (agent, key) exists, RETURNING its id (dialect's own form)."""
     _new_trigger: Any
     """INSERT a trigger edge unless recorded already, RETURNING its id."""
+    _submits_alone = False
+    """Whether ``_submit_new`` is one statement that may run as its own transaction
+    (:meth:`_statement`)."""
 
     def __init__(self, engine: Engine, *, url: str, durability: str = "full") -> None:
         self.engine = engine
@@ -50,6 +53,16 @@ class StoreBase(StoreReads):
                 conn.execution_options(**{WRITE: True})
                 with conn.begin():
                     yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreError(f"store write failed: {exc.orig}") from exc
+
+    def _statement(self, body: Callable[[Connection], T]) -> T:
+        """Run ``body``, one write statement, as its own transaction (autocommit): no
+        ``BEGIN`` or ``COMMIT`` of its own to wait for, and as durable as any commit."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                return body(conn)
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store write failed: {exc.orig}") from exc
 

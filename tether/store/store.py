@@ -176,6 +176,7 @@ class PostgresStore(Store):
     """PostgreSQL: concurrent workers claim with ``FOR UPDATE SKIP LOCKED``."""
 
     dialect = "postgresql"
+    _submits_alone = True
     _new_task = pg_insert(tasks).on_conflict_do_nothing().returning(tasks.c.id)
     _new_trigger = pg_insert(triggers).on_conflict_do_nothing().returning(triggers.c.id)
 

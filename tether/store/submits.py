@@ -66,8 +66,20 @@ class Submits(StoreBase):
         now = time.time() if now is None else now
         if input is not _MISSING:
             input = to_json(input, what="input")
+        tried = False
+        if self._submits_alone and input is _MISSING and reason != "trigger":
+            # The common case in one statement that is its own transaction: no BEGIN and
+            # no COMMIT to wait for (two round trips of four).
+            new = self._statement(
+                lambda conn: self._submit_new(conn, agent, key, reason=reason, note=note,
+                                              now=now)
+            )
+            if new is not None:
+                return new
+            tried = True  # the task exists
         return self._transact(
-            lambda conn: self._submit_one(conn, agent, key, input, reason, note, now)
+            lambda conn: self._submit_one(conn, agent, key, input, reason, note, now,
+                                          tried_new=tried)
         )
 
     def submit_many(
@@ -108,8 +120,8 @@ class Submits(StoreBase):
                 for agent, key, data in part]
 
     def _submit_one(self, conn: Connection, agent: str, key: str, input: Any, reason: str,
-                    note: str | None, now: float) -> Submission:
-        if input is _MISSING and reason != "trigger":
+                    note: str | None, now: float, *, tried_new: bool = False) -> Submission:
+        if input is _MISSING and reason != "trigger" and not tried_new:
             new = self._submit_new(conn, agent, key, reason=reason, note=note, now=now)
             if new is not None:
                 return new
@@ -134,7 +146,8 @@ class Submits(StoreBase):
     ) -> Submission | None:
         """A dialect's shortcut for the common submission, a task that is new with no
         input: the task and its first run (queued now) written at once, or None when the
-        task exists or the dialect has no shortcut (then the general path runs)."""
+        task exists or the dialect has no shortcut (then the general path runs). One
+        statement, whole in itself where :attr:`_submits_alone` says so."""
         return None
 
     def _upsert_task(
