@@ -16,6 +16,16 @@ from tether.store.statements import NOTIFY_CHANNEL
 MakeProject = Callable[..., Project]
 
 
+def _solo(make_project: MakeProject, **settings: str) -> Project:
+    """A project with one agent, ``solo``, that does nothing."""
+
+    @tether.agent
+    def solo(ctx: Context) -> None:
+        return None
+
+    return make_project([solo], **settings)
+
+
 def _dispatcher(project: Project, published: list[tuple[int, str]], outbox: str) -> Dispatcher:
     return Dispatcher(RunOne(project.store, project.graph), published.extend, poll=0.01,
                       outbox=outbox)
@@ -24,11 +34,7 @@ def _dispatcher(project: Project, published: list[tuple[int, str]], outbox: str)
 def test_one_dispatcher_per_outbox_acts_and_another_takes_over_when_it_stops(
     make_project: MakeProject, pg_url: str
 ) -> None:
-    @tether.agent
-    def solo(ctx: Context) -> None:
-        return None
-
-    project = make_project([solo], database_url=pg_url)
+    project = _solo(make_project, database_url=pg_url)
     first_out: list[tuple[int, str]] = []
     second_out: list[tuple[int, str]] = []
     other_out: list[tuple[int, str]] = []
@@ -73,11 +79,7 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> N
 def test_only_the_acting_dispatcher_listens_and_its_successor_takes_over_listening(
     make_project: MakeProject, pg_url: str
 ) -> None:
-    @tether.agent
-    def solo(ctx: Context) -> None:
-        return None
-
-    project = make_project([solo], database_url=pg_url)
+    project = _solo(make_project, database_url=pg_url)
     first = _dispatcher(project, [], "celery:q1")
     second = _dispatcher(project, [], "celery:q1")
     try:
@@ -97,11 +99,7 @@ def test_only_the_acting_dispatcher_listens_and_its_successor_takes_over_listeni
 
 
 def test_on_sqlite_every_dispatcher_acts(make_project: MakeProject) -> None:
-    @tether.agent
-    def solo(ctx: Context) -> None:
-        return None
-
-    project = make_project([solo])
+    project = _solo(make_project)
     out_a: list[tuple[int, str]] = []
     out_b: list[tuple[int, str]] = []
     a, b = _dispatcher(project, out_a, "celery:q"), _dispatcher(project, out_b, "celery:q")
