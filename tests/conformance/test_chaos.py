@@ -4,8 +4,10 @@ again, at random moments.
 Whatever run is killed when, every task must end succeeded or failed for good, no trigger
 edge may be recorded twice, and the one side effect that must happen once per case —
 issuing a quote at the policy system — must happen once. The demo service answers slowly
-(after each call took effect), so kills land inside runs and inside that call; the quote
-agent reconciles a call whose outcome it never heard of (``ctx.once(..., reconcile=...)``).
+(after each call took effect), so kills land inside runs, and it holds the answer to a
+quote until the test has killed the worker that asked for it, so one kill lands inside
+that call whatever the machine's load; the quote agent reconciles a call whose outcome it
+never heard of (``ctx.once(..., reconcile=...)``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _holder(store: Store, workers: list[subprocess.Popen[str]]
 def _kill_inside_a_quote(store: Store, service: DemoService,
                          workers: list[subprocess.Popen[str]]) -> str:
     """Wait for a quote to be issued, kill the worker whose run issued it before the
-    answer reaches it (the service answers ``latency`` seconds late), and return its case."""
+    answer reaches it (the service holds the answer), and return its case."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         for case in service.quotes_issued:
@@ -95,8 +97,9 @@ def test_the_demo_graph_survives_workers_killed_mid_run(backend: Backend) -> Non
         try:
             with b.project() as p:
                 # First inside the side effect: the quote is issued, the worker still
-                # waits for the answer when it dies.
-                target = _kill_inside_a_quote(p.store, service, workers)
+                # waits for the answer when it dies (held until then).
+                with service.holding_quotes():
+                    target = _kill_inside_a_quote(p.store, service, workers)
                 workers.append(spawn(b.project_dir, "worker", env=env))
                 for _ in range(KILLS - 1):
                     victim = _holder(p.store, workers)

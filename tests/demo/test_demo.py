@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -177,6 +178,25 @@ def test_service_issues_quotes_and_shows_what_it_issued() -> None:
         assert service.quotes_issued == {"case-001": 2}  # counted: the effect happened twice
     with pytest.raises(ValueError, match="latency"):
         DemoService(latency=-1)
+
+
+def test_service_holding_quotes_issues_them_and_answers_on_release() -> None:
+    # How the chaos test lands a kill inside the quote call on any machine: the quote is
+    # issued, and its caller still waits.
+    with DemoService() as service, httpx.Client(base_url=service.url, trust_env=False) as http, \
+            ThreadPoolExecutor(1) as pool:
+        with service.holding_quotes():
+            answer = pool.submit(http.post, "/quotes", json={"case": "case-004", "premium": 9})
+            deadline = time.monotonic() + 5
+            while not service.quotes_issued and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert service.quotes_issued == {"case-004": 1}
+            time.sleep(0.3)
+            assert not answer.done()  # issued, not answered
+        assert answer.result(timeout=5).status_code == 201
+        began = time.monotonic()
+        assert http.post("/quotes", json={"case": "case-005", "premium": 9}).status_code == 201
+        assert time.monotonic() - began < 1  # released: answered at once again
 
 
 def test_demo_refuses_a_store_with_other_agents_work(tmp_path: Path) -> None:

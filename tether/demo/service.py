@@ -30,6 +30,8 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -128,6 +130,10 @@ class ServiceStats:
     """Calls answered with 503."""
 
 
+HOLD_LIMIT = 60.0
+"""Seconds at most that :meth:`DemoService.holding_quotes` holds a quote's answer."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -144,6 +150,10 @@ class _Server(ThreadingHTTPServer):
         self.issued: Counter[str] = Counter()
         """How many times a quote was issued for each case: the side effect that must
         happen once."""
+        self.answer_quotes = threading.Event()
+        """Set: quotes are answered (after ``latency``); cleared by
+        :meth:`DemoService.holding_quotes`."""
+        self.answer_quotes.set()
 
     def should_fail(self, route: str, case: str) -> bool:
         """Count a call to ``route`` for ``case``; True if this one is to get a 503."""
@@ -249,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.quotes[case] = quote
                 self.server.issued[case] += 1
+            self.server.answer_quotes.wait(timeout=HOLD_LIMIT)
             return self._send(201, quote)
         self.server.should_fail("unknown", "")
         return self._send(404, {"error": f"no such endpoint: POST {url.path}"})
@@ -284,6 +295,20 @@ class DemoService:
             return self._last
         with self._server.lock:
             return ServiceStats(self._server.calls, self._server.unavailable)
+
+    @contextmanager
+    def holding_quotes(self) -> Iterator[None]:
+        """While inside, a quote is issued at once but answered only on leaving (or after
+        :data:`HOLD_LIMIT` seconds): a caller that dies meanwhile never hears of the quote
+        it caused, however late its death comes (the tests kill a worker there)."""
+        if self._server is None:
+            raise RuntimeError("the demo service is not running")
+        gate = self._server.answer_quotes
+        gate.clear()
+        try:
+            yield
+        finally:
+            gate.set()
 
     @property
     def quotes_issued(self) -> dict[str, int]:
