@@ -36,7 +36,7 @@ class StoreBase(StoreReads):
     """INSERT a trigger edge unless recorded already, RETURNING its id."""
     _submits_alone = False
     """Whether ``_submit_new`` is one statement that may run as its own transaction
-    (:meth:`_statement`)."""
+    (:meth:`_write` with ``alone``)."""
 
     def __init__(self, engine: Engine, *, url: str, durability: str = "full") -> None:
         self.engine = engine
@@ -46,23 +46,19 @@ class StoreBase(StoreReads):
         self._group_lock = threading.Lock()
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+    def _write(self, *, alone: bool = False) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite). ``alone``: the caller
+        runs one statement, its own transaction (autocommit): no ``BEGIN`` or ``COMMIT``
+        to wait for, and as durable as any commit."""
         try:
             with self.engine.connect() as conn:
+                if alone:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    yield conn
+                    return
                 conn.execution_options(**{WRITE: True})
                 with conn.begin():
                     yield conn
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreError(f"store write failed: {exc.orig}") from exc
-
-    def _statement(self, body: Callable[[Connection], T]) -> T:
-        """Run ``body``, one write statement, as its own transaction (autocommit): no
-        ``BEGIN`` or ``COMMIT`` of its own to wait for, and as durable as any commit."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                return body(conn)
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store write failed: {exc.orig}") from exc
 

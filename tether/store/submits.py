@@ -70,10 +70,8 @@ class Submits(StoreBase):
         if self._submits_alone and input is _MISSING and reason != "trigger":
             # The common case in one statement that is its own transaction: no BEGIN and
             # no COMMIT to wait for (two round trips of four).
-            new = self._statement(
-                lambda conn: self._submit_new(conn, agent, key, reason=reason, note=note,
-                                              now=now)
-            )
+            with self._write(alone=True) as conn:
+                new = self._submit_new(conn, agent, key, reason=reason, note=note, now=now)
             if new is not None:
                 return new
             tried = True  # the task exists
