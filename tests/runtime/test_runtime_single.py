@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -207,6 +208,91 @@ def test_a_second_lane_commits_while_the_first_waits_once_two_requests_wait(
         assert not any(t.is_alive() for t in committer._threads)
     finally:
         store.close()
+
+
+def _claim_while_working(committer: GroupCommit, run_id: int, *, after: float = 0.0,
+                         stay: float = 0.0, start: threading.Barrier | None = None,
+                         ) -> tuple[Claim | None, float]:
+    """Inside ``working()`` (once every thread of ``start`` is), wait ``after`` seconds,
+    claim ``run_id``, stay ``stay`` more; returns the claim and the seconds it took."""
+    with committer.working():
+        if start is not None:
+            start.wait(timeout=10)
+        time.sleep(after)
+        began = time.monotonic()
+        claim = committer.claim(run_id)
+        took = time.monotonic() - began
+        time.sleep(stay)
+    return claim, took
+
+
+def _quietly_working(committer: GroupCommit, seconds: float, start: threading.Barrier
+                     ) -> None:
+    with committer.working():
+        start.wait(timeout=10)
+        time.sleep(seconds)
+
+
+def test_a_lane_waits_for_another_working_threads_request_and_commits_both_at_once(
+    store: Store,
+) -> None:
+    # Two threads working (LINGER): the first one's claim waits for the second one's,
+    # which comes 0.3 s later, and the two go in one transaction, as soon as the second
+    # arrives (not when the wait's limit runs out).
+    first, second = (store.submit("kyc", f"case-{n}").run_id for n in (1, 2))
+    assert first is not None and second is not None
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                            linger=20.0)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            both = threading.Barrier(2)
+            early = pool.submit(_claim_while_working, committer, first, start=both)
+            late = pool.submit(_claim_while_working, committer, second, after=0.3, start=both)
+            (claim_1, took_1), (claim_2, _) = early.result(timeout=15), late.result(timeout=15)
+        assert claim_1 is not None and claim_1.run_id == first
+        assert claim_2 is not None and claim_2.run_id == second
+        assert committer.transactions == 1
+        assert 0.25 < took_1 < 10
+    finally:
+        committer.close()
+
+
+def test_a_lane_waits_for_no_one_when_no_other_thread_is_working(store: Store) -> None:
+    # A lone working thread (a chain alone in its process), and a caller outside
+    # working(): each request goes at once, whatever the wait's limit.
+    first, second = (store.submit("kyc", f"case-{n}").run_id for n in (1, 2))
+    assert first is not None and second is not None
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                            linger=20.0)
+    try:
+        claim, took = _claim_while_working(committer, first)
+        assert claim is not None and took < 5
+        began = time.monotonic()
+        assert committer.claim(second) is not None
+        assert time.monotonic() - began < 5
+        assert committer.transactions == 2
+    finally:
+        committer.close()
+
+
+def test_a_working_thread_that_leaves_without_asking_releases_the_waiting_lane(
+    store: Store,
+) -> None:
+    # The second thread works 0.3 s, then leaves without a request (its chain ended): the
+    # first one's claim, waiting for it, goes then.
+    run_id = store.submit("kyc", "case-1").run_id
+    assert run_id is not None
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                            linger=20.0)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            both = threading.Barrier(2)
+            leaving = pool.submit(_quietly_working, committer, 0.3, both)
+            claim, took = _claim_while_working(committer, run_id, start=both)
+            leaving.result(timeout=5)
+        assert claim is not None and 0.2 < took < 10
+    finally:
+        committer.close()
 
 
 def test_closing_stops_every_lane_at_once(store: Store) -> None:

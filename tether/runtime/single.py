@@ -8,9 +8,10 @@ the same :class:`tether.store.Completion` path the local worker uses.
 Like the local worker's pump, one process group-commits: every claim and completion its
 threads ask for goes through a committer thread (:class:`GroupCommit`; two on PostgreSQL,
 each with a transaction in flight), which takes all that arrived while its previous
-transaction was in flight into the next one. Under load
-that is one synced commit for several runs' claims and records; alone, a request is
-committed at once. A completion's downstream runs are marked dispatched in the same
+transaction was in flight into the next one, waiting up to :data:`LINGER` (3 ms) for
+requests the process's other working threads are about to make. Under load that is one
+synced commit for several runs' claims and records; alone, a request is committed at
+once. A completion's downstream runs are marked dispatched in the same
 transaction and handed to the engine right after the commit (``publish``), so a chain's
 next run does not wait for the outbox, which stays the safety net. With
 :meth:`RunOne.follow` (the Celery provider) the first of them, when its task is new, is
@@ -106,6 +107,21 @@ four, CPU per run 4.53 -> 4.24 and 5.17 -> 4.68 ms (three interleaved trials eac
 docs/benchmarks.md); three requests slowed one process again."""
 
 
+LINGER = 0.003
+"""Seconds at most a lane waits, with a request in hand, for the next requests of this
+process's other working threads (see :meth:`GroupCommit.working`): a run executing, or
+one whose record or claim is in the other lane's transaction and that will ask for its
+next hop. A request no other thread may join goes at once (a lone chain waits for
+nothing). Under load the wait gathers half as many requests again per transaction:
+measured on 2 cores (Celery, no-op chains, docs/benchmarks.md), record transactions per
+run 0.72 -> 0.45-0.47 with 4 threads per process (one and four processes) and 0.50 ->
+0.36 with 16, CPU per run 8-24% lower with 4 threads (within the noise with 16); 3 ms
+did as well as 10 (better at one process), and a chain's latency did not change."""
+
+LINGER_BATCH = 4
+"""Requests in hand at which a lane stops waiting for more (:data:`LINGER`)."""
+
+
 class _Lane:
     """One committer thread's connection, held for the thread's whole life (no pool
     checkout, no ping per transaction)."""
@@ -122,25 +138,30 @@ class GroupCommit:
     Each of its ``lanes`` threads takes everything asked for while it was busy into its
     next transaction, on its own connection (beside another lane's transaction only when
     :data:`SECOND_LANE_MIN` requests wait), and retries a transaction PostgreSQL aborted
-    as a deadlock. If a batch fails otherwise, each request is tried again alone, so one
-    bad completion (an output the database refuses) fails only its own run.
+    as a deadlock. A lane with fewer than :data:`LINGER_BATCH` requests in hand waits up
+    to ``linger`` seconds for those of the process's other :meth:`working` threads. If a
+    batch fails otherwise, each request is tried again alone, so one bad completion (an
+    output the database refuses) fails only its own run.
     """
 
     def __init__(self, store: Store, *, worker: str, lease_seconds: float,
                  inline_dispatch: bool, agents: frozenset[str] = frozenset(),
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, linger: float = LINGER) -> None:
         self.store = store
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.agents = agents
         """The agents whose runs a followed completion may claim (this worker's graph)."""
         self.inline_dispatch = inline_dispatch
+        self.linger = linger
+        """Seconds at most a lane waits for other working threads' requests (:data:`LINGER`)."""
         self.transactions = 0
         self._cond = threading.Condition()
         self._claims: list[tuple[int, Future[Claim | None]]] = []
         self._done: list[_Done] = []
         self._closed = False
         self._busy = 0  # lanes with a transaction in flight
+        self._working = 0  # threads that will ask for more (see working())
         self._threads = [
             threading.Thread(target=self._loop, args=(_Lane(),), name=f"tether-commit-{n}",
                              daemon=True)
@@ -157,6 +178,20 @@ class GroupCommit:
             self._claims.append((run_id, fut))
             self._cond.notify()
         return fut.result()
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Count the calling thread as one that will ask for claims or records while the
+        block runs (a run or chain it executes), so a lane may wait a little for its
+        next request (see :data:`LINGER`)."""
+        with self._cond:
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._working -= 1
+                self._cond.notify_all()  # nothing more comes from it: a lane waiting goes
 
     def complete(self, completion: Completion, *, follow: bool = False) -> Recorded:
         """Record ``completion``; with ``follow``, also claim for this worker the first run
@@ -176,6 +211,9 @@ class GroupCommit:
         for thread in self._threads:
             thread.join(timeout=30)
 
+    def _pending(self) -> int:
+        return len(self._claims) + len(self._done)
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the worker is stopping: no more claims or records")
@@ -184,13 +222,24 @@ class GroupCommit:
         while True:
             with self._cond:
                 while not self._closed and (
-                    len(self._claims) + len(self._done) < (SECOND_LANE_MIN if self._busy else 1)
+                    self._pending() < (SECOND_LANE_MIN if self._busy else 1)
                 ):
                     self._cond.wait()
+                # Linger (LINGER): while other working threads may yet join this batch.
+                deadline = time.monotonic() + self.linger
+                while (
+                    not self._closed
+                    and 0 < self._pending() < LINGER_BATCH
+                    and self._working > self._pending()
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)
                 claims, self._claims = self._claims, []
                 done, self._done = self._done, []
-                if not claims and not done:  # closed and drained
-                    break
+                if not claims and not done:
+                    if self._closed:  # and drained
+                        break
+                    continue  # another lane took them while this one waited
                 self._busy += 1
             try:
                 self._commit(claims, done, lane)
@@ -358,10 +407,11 @@ class RunOne:
 
     def __call__(self, run_id: int) -> Outcome:
         """Claim run ``run_id``, execute it, record it. Never raises for agent errors."""
-        claim = self.committer.claim(run_id)
-        if claim is None:
-            return Outcome(run_id=run_id, executed=False)
-        return self._execute(claim, follow=_never)[0]
+        with self.committer.working():
+            claim = self.committer.claim(run_id)
+            if claim is None:
+                return Outcome(run_id=run_id, executed=False)
+            return self._execute(claim, follow=_never)[0]
 
     def follow(self, run_id: int, *, go_on: Callable[[], bool] = lambda: True
                ) -> Iterator[Outcome]:
@@ -375,13 +425,14 @@ class RunOne:
         Once ``go_on()`` is false no further run is claimed this way, and the run already
         claimed is still executed and recorded.
         """
-        claim = self.committer.claim(run_id)
-        if claim is None:
-            yield Outcome(run_id=run_id, executed=False)
-            return
-        while claim is not None:
-            outcome, claim = self._execute(claim, follow=go_on)
-            yield outcome
+        with self.committer.working():
+            claim = self.committer.claim(run_id)
+            if claim is None:
+                yield Outcome(run_id=run_id, executed=False)
+                return
+            while claim is not None:
+                outcome, claim = self._execute(claim, follow=go_on)
+                yield outcome
 
     def held(self) -> list[int]:
         """The runs this process is executing now (claimed, not yet recorded)."""
