@@ -160,8 +160,9 @@ class Claims(Completes):
             if self.dialect == "postgresql":
                 # The mark is advisory: a mark lost to a crash only means the run is
                 # handed over again, and a duplicate delivery executes nothing. So this
-                # commit need not wait for its WAL flush: an fsync per pass saved.
-                conn.execute(sql.ASYNC_COMMIT)
+                # commit need not wait for its WAL flush: an fsync per pass saved. And
+                # the due runs are read in order from the queue index (see WALK_QUEUE_RAW).
+                conn.execute(sql.OUTBOX_SETTINGS)
             rows = conn.execute(statement, params).all()
             return sorted((row[0], row[1]) for row in rows)
 

@@ -78,6 +78,18 @@ ASYNC_COMMIT_RAW = "SET LOCAL synchronous_commit = off"
 ASYNC_COMMIT = text(ASYNC_COMMIT_RAW)
 """PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
 writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
+WALK_QUEUE_RAW = "SELECT set_config('enable_sort', 'off', true)"
+"""PostgreSQL: for the rest of this transaction, plans that sort are the planner's last
+resort, so a statement taking the first N queued runs in claim order walks the queue
+index and stops after N, whatever the statistics say. On statistics taken while the
+queue was empty (a drained queue, the usual state before a burst) PostgreSQL guesses
+about one queued run and costs the index walk only about 15% below a bitmap scan and a
+sort (EXPLAIN: 14.4 against 16.6), which would read and sort the whole burst to take a
+handful. Never seen to flip here; it rides in a round trip the statement makes anyway."""
+OUTBOX_SETTINGS = text(
+    "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)"
+)
+"""``ASYNC_COMMIT`` and ``WALK_QUEUE_RAW`` in one round trip, for the outbox's pass."""
 
 _LAST = (
     select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
@@ -153,6 +165,42 @@ def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
         .values(dispatched_at=bindparam("b_now"))
         .returning(runs.c.id, agent_of(runs))
     )
+
+
+@functools.cache
+def pg_claim_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL, as psycopg runs it in pipeline mode (see :func:`pg_raw`): claim for
+    ``worker`` up to ``b_limit`` queued runs available at ``b_now`` whose task has no run
+    running, of the agents ``agents`` when ``filtered``, oldest first, skipping runs
+    another claim holds locked; returns ``(id, task_id, attempt, reason, note, agent,
+    key)`` of each. Sent after :data:`WALK_QUEUE_RAW` in the same round trip."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    r = runs.alias("r")
+    busy = runs.alias("busy")
+    q = select(r.c.id).where(
+        r.c.status == "queued",
+        r.c.available_at <= bindparam("b_now", type_=Float),
+        # One run at a time per task: a retry or new input waits for the running one.
+        ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
+    )
+    if filtered:
+        q = q.where(agent_of(r) == any_(bindparam("agents", type_=ARRAY(String))))
+    q = (
+        q.order_by(r.c.available_at, r.c.id).limit(bindparam("b_limit", type_=BigInteger))
+        .with_for_update(skip_locked=True, of=r)
+    )
+    # MATERIALIZED: see Claims._claim (the LIMIT must bound what one claim takes).
+    candidates = q.cte("candidates").prefix_with("MATERIALIZED", dialect="postgresql")
+    compiled = (
+        # No second status test: see Claims._claim. UPDATE ... FROM tasks: the agents'
+        # names come back with the claim.
+        update(runs).where(runs.c.id.in_(select(candidates.c.id)), tasks.c.id == runs.c.task_id)
+        .values(status="running", worker=bindparam("worker"), started_at=bindparam("b_now"),
+                lease_expires_at=bindparam("lease_expires_at"))
+        .returning(*CLAIMED, tasks.c.agent, tasks.c.key)
+    ).compile(dialect=dialect())
+    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
 
 
 TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(

@@ -291,8 +291,23 @@ class PostgresStore(Store):
                 tips = _lock_tips_in(raw, ids)
             return {r[0]: (r[1], r[2]) for r in tips.fetchall()}
 
-    def _claim_candidates(
-        self, now: float, limit: int, agents: Collection[str] | None = None
-    ) -> Any:
-        candidates = super()._claim_candidates(now, limit, agents)
-        return candidates.with_for_update(skip_locked=True, of=candidates.selected_columns[0].table)
+    def _claim(
+        self, conn: Connection, worker: str, limit: int, lease_seconds: float,
+        agents: Collection[str] | None, now: float | None,
+    ) -> list[Claim]:
+        # One round trip: sorting disabled for the rest of the transaction (sql.WALK_QUEUE_RAW)
+        # and the claim, which returns the agents' names itself (sql.pg_claim_due).
+        now = time.time() if now is None else now
+        lease = now + lease_seconds
+        statement, fixed = sql.pg_claim_due(filtered=agents is not None)
+        params = {**fixed, "b_now": now, "b_limit": limit, "worker": worker,
+                  "lease_expires_at": lease}
+        if agents is not None:
+            params["agents"] = list(agents)
+        with _driver(conn) as raw:
+            with raw.pipeline():
+                _begin_in(conn, raw)
+                raw.execute(sql.WALK_QUEUE_RAW)
+                claimed = raw.execute(statement, params)
+            rows = claimed.fetchall()
+        return sorted(claims_of(rows, lease).values(), key=lambda c: c.run_id)
