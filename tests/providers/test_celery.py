@@ -364,6 +364,56 @@ def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
     assert dispatcher.tick() == 2 and len(published) == 5
 
 
+def test_the_dispatcher_comes_back_soon_while_it_holds_runs_back(
+    make_project: MakeProject, queue: str
+) -> None:
+    # Nothing wakes the dispatcher when workers drain the queue, so while it holds runs
+    # back it must pass again after BACKLOG_RECHECK rather than after its poll: a poll
+    # apart it handed over at most max_backlog runs per poll (64 per 0.2 s capped four
+    # bench processes at ~1,000 runs/s whatever they could take).
+    @tether.agent
+    def solo(ctx: Context) -> None:
+        return None
+
+    project = make_project([solo], task_queue=queue)
+    for i in range(12):
+        project.submit("solo", f"b{i}")
+    published: list[tuple[int, str]] = []
+    depth = {"n": 10}
+    from tether.runtime.single import RunOne
+
+    dispatcher = _BrokerDispatcher(
+        RunOne(project.store, project.graph), published.extend, poll=30.0,
+        backlog=lambda: depth["n"], max_backlog=10, reap_every=30.0,
+    )
+    assert dispatcher.pause() == 30.0
+    assert dispatcher.tick() == 0 and dispatcher.pause() == BACKLOG_RECHECK  # full
+    depth["n"] = 6
+    time.sleep(BACKLOG_RECHECK)
+    # Room for four, and four taken: more may be due.
+    assert dispatcher.tick() == 4 and dispatcher.pause() == BACKLOG_RECHECK
+    depth["n"] = 0
+    assert dispatcher.tick() == 8 and dispatcher.pause() == 30.0  # all due were taken
+
+    # And on its thread: twelve more runs through a queue of four, which the workers empty
+    # at once, go out well within one poll.
+    for i in range(12):
+        project.submit("solo", f"c{i}")
+    published.clear()
+    running = _BrokerDispatcher(
+        RunOne(project.store, project.graph), published.extend, poll=30.0,
+        backlog=lambda: 0, max_backlog=4, reap_every=30.0,
+    )
+    running.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(published) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        running.stop()
+    assert len(published) == 12
+
+
 # -- worker processes ------------------------------------------------------------------
 
 AGENTS = textwrap.dedent(

@@ -169,6 +169,10 @@ class Dispatcher:
             self.dispatched += len(due)
         return len(due)
 
+    def pause(self) -> float:
+        """Seconds to wait after a pass that did not fill a batch, unless woken: the poll."""
+        return self.poll
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -176,7 +180,7 @@ class Dispatcher:
             except Exception:  # a broker or store hiccup: try again next pass
                 busy = False
             if not busy:
-                self._wake.wait(self.poll)
+                self._wake.wait(self.pause())
                 self._wake.clear()
 
     def wake(self) -> None:

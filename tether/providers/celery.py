@@ -129,6 +129,12 @@ class _BrokerDispatcher(Dispatcher):
     only when this dispatcher's own count says the queue may be full, so a busy worker
     does not pay a broker round trip per pass.
 
+    While it holds runs back it passes again every :data:`BACKLOG_RECHECK` seconds, not
+    after its poll: nothing else wakes it when the workers drain the queue (submissions
+    do, but a burst's end, retries and runs triggered by other runs do not), and a poll
+    apart it would hand over at most ``max_backlog`` runs per poll whatever the workers
+    could take.
+
     The reaper runs every ``reap_every`` seconds rather than on every pass: a pass follows
     every completed run under load, and a lost run waits a whole lease anyway.
     """
@@ -142,9 +148,16 @@ class _BrokerDispatcher(Dispatcher):
         self._queued = max_backlog  # unknown at start: ask the broker on the first pass
         self._next_reap = 0.0
         self._next_backlog = 0.0
+        self.holding = False
+        """Whether the last pass held due runs back (or may have) for want of room."""
+
+    def pause(self) -> float:
+        """:data:`BACKLOG_RECHECK` while holding runs back, else the poll."""
+        return BACKLOG_RECHECK if self.holding else self.poll
 
     def tick(self) -> int:
         """One pass: reap when due, then publish what is due while the queue has room."""
+        self.holding = False
         if not self._lead():
             return 0
         now = time.monotonic()
@@ -153,13 +166,16 @@ class _BrokerDispatcher(Dispatcher):
             self.reaped += len(self.runner.reap())
         if self._queued >= self.max_backlog:
             if now < self._next_backlog:
+                self.holding = True
                 return 0  # full a moment ago
             self._queued = self.backlog()
             if self._queued >= self.max_backlog:
                 self._next_backlog = now + BACKLOG_RECHECK
+                self.holding = True
                 return 0
+        room = self.max_backlog - self._queued
         due = self.runner.store.dispatch_batch(
-            limit=min(self.batch, self.max_backlog - self._queued),
+            limit=min(self.batch, room),
             redispatch_after=self.redispatch_after,
             agents=frozenset(self.runner.graph.agents),
         )
@@ -167,6 +183,8 @@ class _BrokerDispatcher(Dispatcher):
             self.publish(due)
             self.dispatched += len(due)
             self._queued += len(due)
+        # The queue's room, not the batch, bounded this pass: more may be due.
+        self.holding = len(due) == room < self.batch
         return len(due)
 
 
