@@ -323,20 +323,34 @@ def test_an_unreachable_broker_says_how_to_start_one(
         get_provider(project, "celery").run(until_idle=True)
 
 
-def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
-    make_project: MakeProject, queue: str
-) -> None:
+def _solo_runs(make_project: MakeProject, queue: str, keys: list[str]) -> Project:
+    """A project of one no-op agent with a queued run for each key."""
+
     @tether.agent
     def solo(ctx: Context) -> None:
         return None
 
     project = make_project([solo], task_queue=queue)
-    for i in range(5):
-        project.submit("solo", f"b{i}")
+    for key in keys:
+        project.submit("solo", key)
+    return project
+
+
+def _dispatcher(project: Project, published: list[tuple[int, str]], **options: Any
+                ) -> _BrokerDispatcher:
+    """The Celery outbox of ``project``, publishing into ``published``."""
+    from tether.runtime.single import RunOne
+
+    return _BrokerDispatcher(RunOne(project.store, project.graph), published.extend, **options)
+
+
+def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
+    make_project: MakeProject, queue: str
+) -> None:
+    project = _solo_runs(make_project, queue, [f"b{i}" for i in range(5)])
     published: list[tuple[int, str]] = []
     provider = get_provider(project, "celery")
     assert isinstance(provider, CeleryProvider)
-    from tether.runtime.single import RunOne
 
     depth = {"n": 300}
     asked: list[int] = []
@@ -345,10 +359,8 @@ def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
         asked.append(depth["n"])
         return depth["n"]
 
-    dispatcher = _BrokerDispatcher(
-        RunOne(project.store, project.graph), published.extend,
-        backlog=backlog, max_backlog=256, reap_every=1.0,
-    )
+    dispatcher = _dispatcher(project, published, backlog=backlog, max_backlog=256,
+                             reap_every=1.0)
     assert dispatcher.tick() == 0 and published == []  # full: the runs stay in the store
     depth["n"] = 253  # room for three
     # Found full a moment ago: a wake-up right after (a burst of submissions wakes it once
@@ -371,21 +383,11 @@ def test_the_dispatcher_comes_back_soon_while_it_holds_runs_back(
     # back it must pass again after BACKLOG_RECHECK rather than after its poll: a poll
     # apart it handed over at most max_backlog runs per poll (64 per 0.2 s capped four
     # bench processes at ~1,000 runs/s whatever they could take).
-    @tether.agent
-    def solo(ctx: Context) -> None:
-        return None
-
-    project = make_project([solo], task_queue=queue)
-    for i in range(12):
-        project.submit("solo", f"b{i}")
+    project = _solo_runs(make_project, queue, [f"b{i}" for i in range(12)])
     published: list[tuple[int, str]] = []
     depth = {"n": 10}
-    from tether.runtime.single import RunOne
-
-    dispatcher = _BrokerDispatcher(
-        RunOne(project.store, project.graph), published.extend, poll=30.0,
-        backlog=lambda: depth["n"], max_backlog=10, reap_every=30.0,
-    )
+    dispatcher = _dispatcher(project, published, poll=30.0, backlog=lambda: depth["n"],
+                             max_backlog=10, reap_every=30.0)
     assert dispatcher.pause() == 30.0
     assert dispatcher.tick() == 0 and dispatcher.pause() == BACKLOG_RECHECK  # full
     depth["n"] = 6
@@ -400,10 +402,8 @@ def test_the_dispatcher_comes_back_soon_while_it_holds_runs_back(
     for i in range(12):
         project.submit("solo", f"c{i}")
     published.clear()
-    running = _BrokerDispatcher(
-        RunOne(project.store, project.graph), published.extend, poll=30.0,
-        backlog=lambda: 0, max_backlog=4, reap_every=30.0,
-    )
+    running = _dispatcher(project, published, poll=30.0, backlog=lambda: 0, max_backlog=4,
+                          reap_every=30.0)
     running.start()
     try:
         deadline = time.monotonic() + 5
