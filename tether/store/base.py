@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, exists, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tether.errors import StoreError
@@ -171,22 +171,12 @@ class StoreBase(StoreReads):
         self, now: float, limit: int, agents: Collection[str] | None = None
     ) -> Any:
         r = runs.alias("r")
-        busy = runs.alias("busy")
-        q = select(r.c.id)
+        q = sql.claimable_now(r, now)
         if agents is not None:
             # A worker claims only runs of agents it has: another team's worker on the same
             # store must not fail this team's work as "unknown agent".
             q = q.where(sql.agent_of(r).in_(list(agents)))
-        return (
-            q.where(
-                r.c.status == "queued",
-                r.c.available_at <= now,
-                # One run at a time per task: a retry or new input waits for the running one.
-                ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
-            )
-            .order_by(r.c.available_at, r.c.id)
-            .limit(limit)
-        )
+        return q.order_by(r.c.available_at, r.c.id).limit(limit)
 
 
 def claim_params(

@@ -167,6 +167,18 @@ def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
     )
 
 
+def claimable_now(r: Any, now: Any) -> Any:
+    """The ids of runs ``r`` (an alias of ``runs``) a worker may claim at ``now`` (a value
+    or a bind parameter): queued, available, and of a task with no run running."""
+    busy = runs.alias("busy")
+    return select(r.c.id).where(
+        r.c.status == "queued",
+        r.c.available_at <= now,
+        # One run at a time per task: a retry or new input waits for the running one.
+        ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
+    )
+
+
 @functools.cache
 def pg_claim_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
     """PostgreSQL, as psycopg runs it in pipeline mode (see :func:`pg_raw`): claim for
@@ -177,13 +189,7 @@ def pg_claim_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
     from sqlalchemy.dialects.postgresql.psycopg import dialect
 
     r = runs.alias("r")
-    busy = runs.alias("busy")
-    q = select(r.c.id).where(
-        r.c.status == "queued",
-        r.c.available_at <= bindparam("b_now", type_=Float),
-        # One run at a time per task: a retry or new input waits for the running one.
-        ~exists().where(busy.c.task_id == r.c.task_id, busy.c.status == "running"),
-    )
+    q = claimable_now(r, bindparam("b_now", type_=Float))
     if filtered:
         q = q.where(agent_of(r) == any_(bindparam("agents", type_=ARRAY(String))))
     q = (
