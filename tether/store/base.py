@@ -158,13 +158,8 @@ class StoreBase(StoreReads):
         params, lease = claim_params(run_ids, worker=worker, lease_seconds=lease_seconds, now=now)
         if self.dialect == "postgresql":
             rows: Sequence[Sequence[Any]] = conn.execute(sql.PG_CLAIM_IDS, params).all()
-        else:  # SQLite's RETURNING may not name the FROM table
-            found = conn.execute(sql.CLAIM_IDS, params).all()
-            names = {
-                t.id: (t.agent, t.key)
-                for t in conn.execute(sql.TASK_NAMES, {"ids": [r.task_id for r in found]})
-            } if found else {}
-            rows = [(*r, *names[r.task_id]) for r in found]
+        else:
+            rows = with_names(conn, conn.execute(sql.CLAIM_IDS, params).all())
         return claims_of(rows, lease)
 
     def _claim_candidates(
@@ -187,6 +182,19 @@ def claim_params(
     lease = now + lease_seconds
     return {"ids": list(run_ids), "b_now": now, "worker": worker, "started_at": now,
             "lease_expires_at": lease}, lease
+
+
+def with_names(conn: Connection, found: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Claimed rows ``(id, task_id, attempt, reason, note)`` with their task's agent and
+    key appended, read in one more statement: SQLite's ``RETURNING`` may not name the
+    ``FROM`` table that PostgreSQL's claims return them from."""
+    if not found:
+        return []
+    names = {
+        t.id: (t.agent, t.key)
+        for t in conn.execute(sql.TASK_NAMES, {"ids": [r.task_id for r in found]})
+    }
+    return [(*r, *names[r.task_id]) for r in found]
 
 
 def claims_of(rows: Iterable[Sequence[Any]], lease: float) -> dict[int, Claim]:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select, update
 
 from tether.store import statements as sql
+from tether.store.base import claims_of, with_names
 from tether.store.completes import Completes
 from tether.store.schema import runs, tasks
 from tether.store.writes import Claim, Completion, Pending
@@ -71,49 +72,19 @@ class Claims(Completes):
         agents: Collection[str] | None,
         now: float | None,
     ) -> list[Claim]:
+        # SQLite, one writer at a time; PostgresStore claims in one pipelined round trip
+        # (see sql.pg_claim_due).
         now = time.time() if now is None else now
         lease = now + lease_seconds
-        # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
-        # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP
-        # LOCKED would no longer bound how many runs one claim takes.
-        candidates = (
-            self._claim_candidates(now, limit, agents)
-            .cte("candidates")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        # No second `status == 'queued'` test: the candidates passed it as they were locked
-        # (on SQLite the statement runs alone), and with it PostgreSQL may scan every
-        # queued run to match them.
+        candidates = self._claim_candidates(now, limit, agents).cte("candidates")
         stmt = (
             update(runs)
             .where(runs.c.id.in_(select(candidates.c.id)))
             .values(status="running", worker=worker, started_at=now, lease_expires_at=lease)
-            .returning(runs.c.id, runs.c.task_id, runs.c.attempt, runs.c.reason, runs.c.note)
+            .returning(*sql.CLAIMED)
         )
-        claimed = conn.execute(stmt).all()
-        if not claimed:
-            return []
-        names = {
-            row.id: (row.agent, row.key)
-            for row in conn.execute(
-                select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
-                    tasks.c.id.in_({c.task_id for c in claimed})
-                )
-            )
-        }
-        return [
-            Claim(
-                run_id=c.id,
-                task_id=c.task_id,
-                agent=names[c.task_id][0],
-                key=names[c.task_id][1],
-                attempt=c.attempt,
-                reason=c.reason,
-                note=c.note,
-                lease_expires_at=lease,
-            )
-            for c in sorted(claimed, key=lambda c: c.id)
-        ]
+        claimed = with_names(conn, conn.execute(stmt).all())
+        return sorted(claims_of(claimed, lease).values(), key=lambda c: c.run_id)
 
     def claim_run(
         self,

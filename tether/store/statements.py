@@ -75,7 +75,6 @@ NEW_RUN = insert(runs).returning(runs.c.id)
 NEW_ENTRIES = insert(ledger)
 NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
 ASYNC_COMMIT_RAW = "SET LOCAL synchronous_commit = off"
-ASYNC_COMMIT = text(ASYNC_COMMIT_RAW)
 """PostgreSQL: this transaction's commit does not wait for its WAL to reach disk (for
 writes whose loss in a crash is harmless; a later synced commit flushes them anyway)."""
 WALK_QUEUE_RAW = "SELECT set_config('enable_sort', 'off', true)"
@@ -89,7 +88,7 @@ handful. Never seen to flip here; it rides in a round trip the statement makes a
 OUTBOX_SETTINGS = text(
     "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)"
 )
-"""``ASYNC_COMMIT`` and ``WALK_QUEUE_RAW`` in one round trip, for the outbox's pass."""
+"""``ASYNC_COMMIT_RAW`` and ``WALK_QUEUE_RAW`` in one round trip, for the outbox's pass."""
 
 _LAST = (
     select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
@@ -186,8 +185,6 @@ def pg_claim_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
     running, of the agents ``agents`` when ``filtered``, oldest first, skipping runs
     another claim holds locked; returns ``(id, task_id, attempt, reason, note, agent,
     key)`` of each. Sent after :data:`WALK_QUEUE_RAW` in the same round trip."""
-    from sqlalchemy.dialects.postgresql.psycopg import dialect
-
     r = runs.alias("r")
     q = claimable_now(r, bindparam("b_now", type_=Float))
     if filtered:
@@ -196,17 +193,19 @@ def pg_claim_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
         q.order_by(r.c.available_at, r.c.id).limit(bindparam("b_limit", type_=BigInteger))
         .with_for_update(skip_locked=True, of=r)
     )
-    # MATERIALIZED: see Claims._claim (the LIMIT must bound what one claim takes).
+    # A materialized CTE, not `IN (subquery)`: PostgreSQL may plan the subquery as the
+    # inner side of a semi-join and rescan it per row, so LIMIT ... FOR UPDATE SKIP LOCKED
+    # would no longer bound how many runs one claim takes.
     candidates = q.cte("candidates").prefix_with("MATERIALIZED", dialect="postgresql")
-    compiled = (
-        # No second status test: see Claims._claim. UPDATE ... FROM tasks: the agents'
-        # names come back with the claim.
+    return _pg_compiled(
+        # No second status test: the candidates passed it as they were locked, and with it
+        # PostgreSQL may scan every queued run to match them. UPDATE ... FROM tasks: the
+        # agents' names come back with the claim.
         update(runs).where(runs.c.id.in_(select(candidates.c.id)), tasks.c.id == runs.c.task_id)
         .values(status="running", worker=bindparam("worker"), started_at=bindparam("b_now"),
                 lease_expires_at=bindparam("lease_expires_at"))
         .returning(*CLAIMED, tasks.c.agent, tasks.c.key)
-    ).compile(dialect=dialect())
-    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
+    )
 
 
 TASK_NAMES = select(tasks.c.id, tasks.c.agent, tasks.c.key).where(
@@ -373,9 +372,14 @@ def pg_raw(name: str) -> tuple[str, dict[str, Any]]:
     psycopg runs it in pipeline mode, below SQLAlchemy: its SQL text and the values of
     the parameters it fixes itself. Compiled on first use, so that a store on SQLite
     never loads the PostgreSQL dialect."""
+    return _pg_compiled(globals()[name])
+
+
+def _pg_compiled(statement: Any) -> tuple[str, dict[str, Any]]:
+    """``statement`` compiled for psycopg: its SQL text and the values it fixes itself."""
     from sqlalchemy.dialects.postgresql.psycopg import dialect
 
-    compiled = globals()[name].compile(dialect=dialect())
+    compiled = statement.compile(dialect=dialect())
     return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
 
 
