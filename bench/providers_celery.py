@@ -48,7 +48,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class Result:
     cpu_seconds: float = math.nan
     """CPU time the work took during the trial: the workers, Redis, the PostgreSQL
     backends of the bench's database and the bench itself (see :class:`CpuMeter`)."""
+    cpu_parts: dict[str, float] = field(default_factory=dict)
+    """``cpu_seconds`` by part: ``workers``, ``postgres``, ``redis`` and ``bench``."""
 
     @property
     def runs_per_second(self) -> float:
@@ -128,6 +130,9 @@ class Result:
         data = asdict(self)
         data["runs_per_second"] = self.runs_per_second
         data["cpu_ms_per_run"] = self.cpu_ms_per_run
+        data["cpu_ms_per_run_parts"] = {
+            part: seconds / (3 * self.chains) * 1e3 for part, seconds in self.cpu_parts.items()
+        }
         if self.latencies:
             data["latency_ms_median"] = median(self.latencies) * 1e3
             data["latency_ms_p99"] = percentile(self.latencies, 99) * 1e3
@@ -173,9 +178,22 @@ class CpuMeter:
 
     def __exit__(self, *exc: object) -> None:
         end = {pid: process_cpu(pid) for pid in {*self.start, *self.pids()}}
-        self.seconds = sum(end[pid] - self.start.get(pid, 0.0) for pid in end) + (
-            _self_cpu() - self.self_start
-        )
+        self.parts = {"workers": 0.0, "postgres": 0.0, "redis": 0.0,
+                      "bench": _self_cpu() - self.self_start}
+        for pid, seconds in end.items():
+            self.parts[_part(pid)] += seconds - self.start.get(pid, 0.0)
+        self.seconds = sum(self.parts.values())
+
+
+def _part(pid: int) -> str:
+    """Which part of the work process ``pid`` is (by its command name)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "workers"  # gone: only workers stop during a trial
+    if comm == "redis-server":
+        return "redis"
+    return "postgres" if comm.startswith("postgres") else "workers"
 
 
 def _self_cpu() -> float:
@@ -591,11 +609,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         with CpuMeter(system.pids) as meter:
                             seconds, lat = system.run_chains(args.chains)
                         results.append(Result(system.system, "throughput", k, args.chains,
-                                              seconds, lat, cpu_seconds=meter.seconds))
+                                              seconds, lat, cpu_seconds=meter.seconds,
+                                              cpu_parts=meter.parts))
                         rps = results[-1].runs_per_second
+                        parts = ", ".join(
+                            f"{part} {ms:.2f}" for part, ms in
+                            results[-1].to_json()["cpu_ms_per_run_parts"].items())
                         console.print(f"{system.system:12} {k} proc: {rps:7.0f} runs/s, "
-                                      f"{results[-1].cpu_ms_per_run:.2f} CPU ms/run",
-                                      highlight=False)
+                                      f"{results[-1].cpu_ms_per_run:.2f} CPU ms/run "
+                                      f"({parts})", highlight=False)
                     finally:
                         system.stop()
         for side in systems:

@@ -32,7 +32,12 @@ from tests.services import RABBIT_URL, REDIS_URL, require
 from tether import Context, Project, WorkerStats
 from tether.errors import ConfigError
 from tether.providers import get_provider
-from tether.providers.celery import BACKLOG_RECHECK, CeleryProvider, _BrokerDispatcher
+from tether.providers.celery import (
+    BACKLOG_RECHECK,
+    TASK_NAME,
+    CeleryProvider,
+    _BrokerDispatcher,
+)
 
 BROKERS = {"redis": (REDIS_URL, 6379), "rabbitmq": (RABBIT_URL, 5672)}
 MakeProject = Callable[..., Project]
@@ -313,6 +318,28 @@ def test_a_batch_published_to_a_queue_no_one_declared_yet_reaches_it(
     while (ready := provider.backlog()) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)  # RabbitMQ counts a moment late
     assert ready == 5
+
+
+def test_a_message_names_its_run_as_celery_would_display_it(
+    broker: str, queue: str, make_project: MakeProject
+) -> None:
+    # The provider writes the displays' argsrepr/kwargsrepr itself (Celery's saferepr
+    # costs a fifth of a message): they must read as Celery's own would.
+    from celery.utils.saferepr import saferepr
+
+    project = make_project([], broker_url=broker, task_queue=queue)
+    get_provider(project, "celery").deliver([(7, "summarise_claim")])
+    with Connection(broker) as conn, conn.SimpleQueue(
+        Queue(queue, Exchange(queue), routing_key=queue)
+    ) as simple:
+        message = simple.get(timeout=5)
+        message.ack()
+    headers = message.headers
+    assert headers["task"] == TASK_NAME
+    assert headers["argsrepr"] == saferepr((7,))
+    assert headers["kwargsrepr"] == saferepr({"agent": "summarise_claim"})
+    args, kwargs, _embed = message.decode()
+    assert (args, kwargs) == ([7], {"agent": "summarise_claim"})
 
 
 def test_an_unreachable_broker_says_how_to_start_one(

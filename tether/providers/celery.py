@@ -266,6 +266,11 @@ class CeleryProvider(Provider):
                     queue=queue,
                     producer=producer,
                     ignore_result=True,
+                    # What the broker's and Flower's displays show, given rather than left
+                    # to Celery's saferepr: a fifth of a message's CPU (105 against 135 µs
+                    # per message, in batches of 13).
+                    argsrepr=f"({run_id},)",
+                    kwargsrepr=f"{{'agent': {agent!r}}}",
                     # The queue is declared (if kombu has not yet on this connection) by
                     # the batch's first message; for the others kombu would only copy the
                     # queue to find it declared: a sixth of a message's CPU (measured in
