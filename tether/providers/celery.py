@@ -54,7 +54,7 @@ from kombu.asynchronous import set_event_loop
 from tether.errors import ConfigError, TetherError
 from tether.providers.base import Dispatcher, Listener, Provider, wait_until_idle
 from tether.runtime.single import Outcome, RunOne, count
-from tether.runtime.worker import WorkerStats
+from tether.runtime.worker import DaemonPool, WorkerStats
 from tether.store import Completion
 from tether.store.completes import INLINE_DISPATCH
 
@@ -200,6 +200,7 @@ class CeleryProvider(Provider):
         """Seconds after which a published run still queued is published again."""
         self._app: Celery | None = None
         self._runner: RunOne | None = None
+        self._runners: DaemonPool | None = None
         self._dispatcher: Dispatcher | None = None
         self._worker: Any = None
         self._on_complete: Listener | None = None
@@ -412,6 +413,8 @@ class CeleryProvider(Provider):
             reset_worker_optimizations(app)
             raise
         self._runner, self._dispatcher, self._worker = runner, dispatcher, worker
+        # At most one chain per pool thread at a time, so one daemon thread each suffices.
+        self._runners = runners = DaemonPool(concurrency, "tether-run")
         failure: dict[str, BaseException] = {}
 
         def serve() -> None:
@@ -443,7 +446,9 @@ class CeleryProvider(Provider):
                 monitor.join(timeout=1)
             worker_state.should_stop = None
             worker_state.should_terminate = None
-            self._runner = self._worker = None
+            self._runner = self._worker = self._runners = None
+            # Those still running an agent (an abort abandoned them) end with the process.
+            runners.shutdown(wait=False)
             if not self._aborting.is_set():
                 runner.close()  # an aborted agent may still be using the shared loop
             reset_worker_optimizations(app)
@@ -475,11 +480,14 @@ class CeleryProvider(Provider):
         self.stop()
 
     def _execute(self, run_id: int, agent: str | None = None) -> None:
-        """The task's body, on a pool thread. The agent runs on a daemon thread of its own
-        so that an aborted worker can exit while an agent is stuck (pool threads are
-        joined at interpreter exit); this thread waits for it or for :meth:`abort`."""
-        runner = self._runner
-        if runner is None or self._aborting.is_set():
+        """The task's body, on a pool thread. The chain runs on one of this worker's
+        daemon threads (:class:`~tether.runtime.worker.DaemonPool`, as many as Celery's
+        pool has threads) so that an aborted worker can exit while an agent is stuck
+        (Celery's pool threads are joined at interpreter exit); this thread waits for it
+        or for :meth:`abort`. A pool rather than a thread per message: starting a thread
+        for each chain cost about a twentieth of a run's CPU."""
+        runner, runners = self._runner, self._runners
+        if runner is None or runners is None or self._aborting.is_set():
             # Not serving: the run stays queued and is published again later.
             return
         if agent is not None and agent not in runner.graph:
@@ -508,7 +516,7 @@ class CeleryProvider(Provider):
                 done.set()
 
         try:
-            threading.Thread(target=target, name=f"tether-run-{run_id}", daemon=True).start()
+            runners.submit(target)
             while not done.wait(0.5):
                 if self._aborting.is_set():
                     return  # released in the store by abort(); the agent is abandoned

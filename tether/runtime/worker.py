@@ -57,10 +57,11 @@ class WorkerStats:
 Listener = Callable[[Completion], None]
 
 
-class _DaemonPool:
-    """A fixed pool of daemon threads. Unlike ``ThreadPoolExecutor``, whose threads the
-    interpreter joins at exit, an aborted worker's process can exit while an agent is
-    still blocked: its run has been released in the store already."""
+class DaemonPool:
+    """A fixed pool of daemon threads that run the agents (the local worker's, and the
+    Celery provider's beside Celery's own pool). Unlike ``ThreadPoolExecutor``, whose
+    threads the interpreter joins at exit, an aborted worker's process can exit while an
+    agent is still blocked: its run has been released in the store already."""
 
     def __init__(self, size: int, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
@@ -157,7 +158,7 @@ class Worker:
         running anywhere in the store). After a stop, waits up to ``grace`` seconds
         (default: the lease) for runs in flight, then releases what is left."""
         grace = self.lease_seconds if grace is None else grace
-        pool = _DaemonPool(self.concurrency, "tether-run")
+        pool = DaemonPool(self.concurrency, "tether-run")
         heartbeat = threading.Thread(target=self._heartbeat, name="tether-heartbeat", daemon=True)
         heartbeat.start()
         next_reap = 0.0
@@ -259,7 +260,7 @@ class Worker:
 
     # -- executing -----------------------------------------------------------------
 
-    def _dispatch(self, pool: _DaemonPool, claim: Claim) -> None:
+    def _dispatch(self, pool: DaemonPool, claim: Claim) -> None:
         recorder = self._executor.recorder(claim)
         with self._inflight_lock:
             self._inflight[claim.run_id] = recorder
