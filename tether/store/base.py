@@ -62,12 +62,16 @@ class StoreBase(StoreReads):
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store write failed: {exc.orig}") from exc
 
-    def _transact(self, body: Callable[[Connection], T], *, tries: int = 8) -> T:
+    def _transact(
+        self, body: Callable[[Connection], T], *, tries: int = 8, alone: bool = False
+    ) -> T:
         """Run ``body`` in a write transaction, again from the start if PostgreSQL aborted it
-        as a deadlock or serialization failure (two workers locking tasks in another order)."""
+        as a deadlock or serialization failure (two workers locking tasks in another order).
+        ``alone``: on a connection in autocommit mode (see :meth:`_write`), for a body that
+        sends its own ``BEGIN`` and ``COMMIT``."""
         for attempt in range(1, tries + 1):
             try:
-                with self._write() as conn:
+                with self._write(alone=alone) as conn:
                     return body(conn)
             except StoreError as exc:
                 if attempt == tries or not _is_conflict(exc.__cause__):

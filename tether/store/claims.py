@@ -120,24 +120,17 @@ class Claims(Completes):
         queued (its message was lost) is returned again; duplicates are harmless because
         :meth:`claim_run` executes a run at most once."""
         now = time.time() if now is None else now
-        statement = sql.dispatch_due(postgres=self.dialect == "postgresql",
-                                     filtered=agents is not None)
         params: dict[str, Any] = {"b_now": now, "b_before": now - redispatch_after,
                                   "b_limit": limit}
         if agents is not None:
             params["agents"] = list(agents)
+        return sorted((row[0], row[1]) for row in self._dispatch_due(params))
 
-        def body(conn: Connection) -> list[tuple[int, str]]:
-            if self.dialect == "postgresql":
-                # The mark is advisory: a mark lost to a crash only means the run is
-                # handed over again, and a duplicate delivery executes nothing. So this
-                # commit need not wait for its WAL flush: an fsync per pass saved. And
-                # the due runs are read in order from the queue index (see WALK_QUEUE_RAW).
-                conn.execute(sql.OUTBOX_SETTINGS)
-            rows = conn.execute(statement, params).all()
-            return sorted((row[0], row[1]) for row in rows)
-
-        return self._transact(body)
+    def _dispatch_due(self, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        """Run :func:`~tether.store.statements.dispatch_due` with ``params`` (``agents``
+        among them when filtered) in a transaction of its own; its ``(id, agent)`` rows."""
+        statement = sql.dispatch_due(postgres=False, filtered="agents" in params)
+        return self._transact(lambda conn: conn.execute(statement, params).all())
 
     def renew(
         self, worker: str, run_ids: Iterable[int], *, lease_seconds: float

@@ -23,7 +23,6 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    text,
     true,
     update,
 )
@@ -85,10 +84,10 @@ queue was empty (a drained queue, the usual state before a burst) PostgreSQL gue
 about one queued run and costs the index walk only about 15% below a bitmap scan and a
 sort (EXPLAIN: 14.4 against 16.6), which would read and sort the whole burst to take a
 handful. Never seen to flip here; it rides in a round trip the statement makes anyway."""
-OUTBOX_SETTINGS = text(
+OUTBOX_SETTINGS_RAW = (
     "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)"
 )
-"""``ASYNC_COMMIT_RAW`` and ``WALK_QUEUE_RAW`` in one round trip, for the outbox's pass."""
+"""``ASYNC_COMMIT_RAW`` and ``WALK_QUEUE_RAW`` in one statement, for the outbox's pass."""
 
 _LAST = (
     select(ledger.c.task_id, func.max(ledger.c.seq).label("seq"))
@@ -140,20 +139,29 @@ PG_CLAIM_ANY = (
 
 
 @functools.cache
-def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
+def dispatch_due(*, postgres: bool, filtered: bool, raw: bool = False) -> Any:
     """Mark up to ``b_limit`` due queued runs dispatched at ``b_now`` (those never handed
     over, or handed over before ``b_before`` and still queued), of the agents ``agents``
     when ``filtered``; returns ``(id, agent)`` of each (see ``Claims.dispatch_batch``).
-    On PostgreSQL two outboxes skip each other's runs (``FOR UPDATE SKIP LOCKED``)."""
+    On PostgreSQL two outboxes skip each other's runs (``FOR UPDATE SKIP LOCKED``).
+    ``raw``: the form :func:`pg_dispatch_due` compiles for psycopg's pipeline mode (typed
+    parameters, ``agents`` one array)."""
     r = runs.alias("r")
+    now = bindparam("b_now", type_=Float) if raw else bindparam("b_now")
     q = select(r.c.id).where(
         r.c.status == "queued",
-        r.c.available_at <= bindparam("b_now"),
-        r.c.dispatched_at.is_(None) | (r.c.dispatched_at < bindparam("b_before")),
+        r.c.available_at <= now,
+        r.c.dispatched_at.is_(None)
+        | (r.c.dispatched_at < (bindparam("b_before", type_=Float) if raw
+                                else bindparam("b_before"))),
     )
     if filtered:
-        q = q.where(agent_of(r).in_(bindparam("agents", expanding=True)))
-    q = q.order_by(r.c.available_at, r.c.id).limit(bindparam("b_limit"))
+        q = q.where(
+            agent_of(r) == any_(bindparam("agents", type_=ARRAY(String))) if raw
+            else agent_of(r).in_(bindparam("agents", expanding=True))
+        )
+    limit = bindparam("b_limit", type_=BigInteger) if raw else bindparam("b_limit")
+    q = q.order_by(r.c.available_at, r.c.id).limit(limit)
     if postgres:
         q = q.with_for_update(skip_locked=True, of=r)
     # MATERIALIZED: see Claims._claim (the LIMIT must bound what one pass takes).
@@ -161,9 +169,17 @@ def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
     return (
         update(runs)
         .where(runs.c.id.in_(select(due.c.id)))
-        .values(dispatched_at=bindparam("b_now"))
+        .values(dispatched_at=now)
         .returning(runs.c.id, agent_of(runs))
     )
+
+
+@functools.cache
+def pg_dispatch_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
+    """:func:`dispatch_due` on PostgreSQL as psycopg runs it in pipeline mode (see
+    :func:`pg_raw`), for the outbox's pass in one round trip: ``BEGIN``,
+    :data:`OUTBOX_SETTINGS_RAW`, this, ``COMMIT``."""
+    return _pg_compiled(dispatch_due(postgres=True, filtered=filtered, raw=True))
 
 
 def claimable_now(r: Any, now: Any) -> Any:

@@ -282,6 +282,26 @@ class PostgresStore(Store):
                 raw.execute("COMMIT")
             return claims_of(claimed.fetchall(), lease)
 
+    def _dispatch_due(self, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        # The outbox's pass in one round trip (five through SQLAlchemy: the BEGIN, the
+        # settings, the statement and the COMMIT each waited for its answer, after the
+        # pool's ping). The mark is advisory: a mark lost to a crash only means the run is
+        # handed over again, and a duplicate delivery executes nothing; so the commit need
+        # not wait for its WAL flush (an fsync per pass saved), and the due runs are read
+        # in order from the queue index (see sql.WALK_QUEUE_RAW): sql.OUTBOX_SETTINGS_RAW.
+        statement, fixed = sql.pg_dispatch_due(filtered="agents" in params)
+
+        def body(conn: Connection) -> Sequence[Sequence[Any]]:
+            with _driver(conn) as raw:
+                with raw.pipeline():
+                    raw.execute("BEGIN")
+                    raw.execute(sql.OUTBOX_SETTINGS_RAW)
+                    due = raw.execute(statement, {**fixed, **params})
+                    raw.execute("COMMIT")
+                return due.fetchall()
+
+        return self._transact(body, alone=True)
+
     def _lock_tips(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, str]]:
         # Every task locked, then the tips read, in one round trip (two statements: see
         # sql.PG_LOCK_TASKS_RAW).
