@@ -28,8 +28,9 @@ each after the previous one ended; median and p99 of submission -> ``c`` finishe
 worker process. Tether's latency is given at the default dispatcher poll interval (0.2 s:
 the wait before a submitted root is published) and at 0.02 s. **CPU per run** counts the
 worker processes, Redis, the PostgreSQL backends of the bench's database and the bench's
-own process (not other jobs on the machine, nor PostgreSQL's background writers). Results
-go to the terminal as tables; ``--json`` keeps every number.
+own process (not other jobs on the machine, nor PostgreSQL's background writers); each
+trial's line, and ``--json`` (``cpu_ms_per_run_parts``), also split it into those four
+parts. Results go to the terminal as tables; ``--json`` keeps every number.
 """
 
 from __future__ import annotations

@@ -139,29 +139,30 @@ PG_CLAIM_ANY = (
 
 
 @functools.cache
-def dispatch_due(*, postgres: bool, filtered: bool, raw: bool = False) -> Any:
+def dispatch_due(*, postgres: bool, filtered: bool) -> Any:
     """Mark up to ``b_limit`` due queued runs dispatched at ``b_now`` (those never handed
     over, or handed over before ``b_before`` and still queued), of the agents ``agents``
     when ``filtered``; returns ``(id, agent)`` of each (see ``Claims.dispatch_batch``).
-    On PostgreSQL two outboxes skip each other's runs (``FOR UPDATE SKIP LOCKED``).
-    ``raw``: the form :func:`pg_dispatch_due` compiles for psycopg's pipeline mode (typed
-    parameters, ``agents`` one array)."""
+    On PostgreSQL two outboxes skip each other's runs (``FOR UPDATE SKIP LOCKED``), and
+    the statement is in the form :func:`pg_dispatch_due` compiles for psycopg's pipeline
+    mode (typed parameters, ``agents`` one array)."""
+
+    def param(name: str, type_: Any) -> Any:
+        return bindparam(name, type_=type_) if postgres else bindparam(name)
+
     r = runs.alias("r")
-    now = bindparam("b_now", type_=Float) if raw else bindparam("b_now")
+    now = param("b_now", Float)
     q = select(r.c.id).where(
         r.c.status == "queued",
         r.c.available_at <= now,
-        r.c.dispatched_at.is_(None)
-        | (r.c.dispatched_at < (bindparam("b_before", type_=Float) if raw
-                                else bindparam("b_before"))),
+        r.c.dispatched_at.is_(None) | (r.c.dispatched_at < param("b_before", Float)),
     )
     if filtered:
         q = q.where(
-            agent_of(r) == any_(bindparam("agents", type_=ARRAY(String))) if raw
+            agent_of(r) == any_(bindparam("agents", type_=ARRAY(String))) if postgres
             else agent_of(r).in_(bindparam("agents", expanding=True))
         )
-    limit = bindparam("b_limit", type_=BigInteger) if raw else bindparam("b_limit")
-    q = q.order_by(r.c.available_at, r.c.id).limit(limit)
+    q = q.order_by(r.c.available_at, r.c.id).limit(param("b_limit", BigInteger))
     if postgres:
         q = q.with_for_update(skip_locked=True, of=r)
     # MATERIALIZED: see Claims._claim (the LIMIT must bound what one pass takes).
@@ -179,7 +180,7 @@ def pg_dispatch_due(*, filtered: bool) -> tuple[str, dict[str, Any]]:
     """:func:`dispatch_due` on PostgreSQL as psycopg runs it in pipeline mode (see
     :func:`pg_raw`), for the outbox's pass in one round trip: ``BEGIN``,
     :data:`OUTBOX_SETTINGS_RAW`, this, ``COMMIT``."""
-    return _pg_compiled(dispatch_due(postgres=True, filtered=filtered, raw=True))
+    return _pg_compiled(dispatch_due(postgres=True, filtered=filtered))
 
 
 def claimable_now(r: Any, now: Any) -> Any:
