@@ -660,9 +660,12 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
         return median([r.runs_per_second for r in results
                        if (r.system, r.kind, r.workers) == (system, "throughput", k)])
 
-    def cpu(system: str, k: int) -> float:
-        return median([r.cpu_ms_per_run for r in results
-                       if (r.system, r.kind, r.workers) == (system, "throughput", k)])
+    def cpu(system: str, k: int, part: str | None = None) -> float:
+        """Median CPU per run (ms) of ``system`` at ``k`` processes, or of one part of it."""
+        trials = [r for r in results if (r.system, r.kind, r.workers) == (system, "throughput", k)]
+        if part is None:
+            return median([r.cpu_ms_per_run for r in trials])
+        return median([r.cpu_parts.get(part, 0.0) / (3 * r.chains) * 1e3 for r in trials])
 
     systems = [s for s in ("celery", "celery+pg", "tether", "tether-local")
                if any(r.system == s for r in results)]
@@ -691,13 +694,17 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
         table.add_row(*row)
     console.print(table)
 
-    costs = Table(title="CPU per run, ms (worker processes, PostgreSQL backends, Redis and "
-                        "the bench's own process)")
+    costs = Table(title="CPU per run, ms: all (worker processes / PostgreSQL backends / Redis "
+                        "/ the bench's own process)")
     costs.add_column("processes", justify="right")
     for system in systems:
         costs.add_column(label[system], justify="right")
+    parts = ("workers", "postgres", "redis", "bench")
     for k in workers:
-        costs.add_row(str(k), *(f"{cpu(system, k):.2f}" for system in systems))
+        costs.add_row(str(k), *(
+            f"{cpu(system, k):.2f} ({' / '.join(f'{cpu(system, k, p):.2f}' for p in parts)})"
+            for system in systems
+        ))
     console.print(costs)
 
     lat = Table(title="End-to-end latency of one chain (submitted -> c finished), one process")
