@@ -371,6 +371,33 @@ def _dispatcher(project: Project, published: list[tuple[int, str]], **options: A
     return _BrokerDispatcher(RunOne(project.store, project.graph), published.extend, **options)
 
 
+def test_a_task_does_not_wait_for_a_chain_its_stopped_worker_never_started(
+    make_project: MakeProject, queue: str
+) -> None:
+    # A message whose task body hands its chain to the worker's thread pool after the
+    # pool was shut down (the worker stopping): the chain never starts, and the body must
+    # not wait for it forever (Celery's pool threads are joined at exit: the process
+    # would hang). The run stays queued for the outbox to hand over again.
+    from tether.runtime.single import RunOne
+    from tether.runtime.worker import DaemonPool
+
+    project = _solo_runs(make_project, queue, ["k"])
+    [run] = project.store.runs_of(project.store.get_task("solo/k").id)
+    provider = get_provider(project, "celery")
+    assert isinstance(provider, CeleryProvider)
+    pool = DaemonPool(1, "tether-run")
+    pool.shutdown(wait=False)
+    provider._runner, provider._runners = RunOne(project.store, project.graph), pool
+    body = threading.Thread(target=provider._execute, args=(run.id, "solo"), daemon=True)
+    body.start()
+    time.sleep(0.3)
+    assert body.is_alive()  # waiting for its chain, as while a chain runs
+    provider._runners = None  # what the worker does as it stops
+    body.join(timeout=3)
+    assert not body.is_alive()
+    assert project.store.get_run(run.id).status == "queued"
+
+
 def test_the_dispatcher_holds_runs_back_while_the_queue_is_full(
     make_project: MakeProject, queue: str
 ) -> None:

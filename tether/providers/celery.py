@@ -520,6 +520,11 @@ class CeleryProvider(Provider):
             while not done.wait(0.5):
                 if self._aborting.is_set():
                     return  # released in the store by abort(); the agent is abandoned
+                if self._runners is not runners:
+                    # The worker has stopped serving and its pool is shut down (a chain
+                    # handed over after that would never start): the run is still queued,
+                    # or claimed with a lease that expires without its heartbeat.
+                    return
             if "error" in result:
                 # The store refused (it is unreachable, say). Nothing is lost: a run never
                 # claimed is still queued and published again after `redispatch_after`; a
