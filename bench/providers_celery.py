@@ -127,13 +127,17 @@ class Result:
     def cpu_ms_per_run(self) -> float:
         return self.cpu_seconds / (3 * self.chains) * 1e3
 
+    @property
+    def cpu_ms_per_run_parts(self) -> dict[str, float]:
+        """:attr:`cpu_ms_per_run` by part (see :attr:`cpu_parts`)."""
+        return {part: seconds / (3 * self.chains) * 1e3
+                for part, seconds in self.cpu_parts.items()}
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["runs_per_second"] = self.runs_per_second
         data["cpu_ms_per_run"] = self.cpu_ms_per_run
-        data["cpu_ms_per_run_parts"] = {
-            part: seconds / (3 * self.chains) * 1e3 for part, seconds in self.cpu_parts.items()
-        }
+        data["cpu_ms_per_run_parts"] = self.cpu_ms_per_run_parts
         if self.latencies:
             data["latency_ms_median"] = median(self.latencies) * 1e3
             data["latency_ms_p99"] = percentile(self.latencies, 99) * 1e3
@@ -582,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.work_ms < 0:
         parser.error(f"--work-ms must be 0 or more (got {args.work_ms:g})")
+    if args.latency_chains < 0:
+        parser.error(f"--latency-chains must be 0 (no latency runs) or more "
+                     f"(got {args.latency_chains})")
     if args.quick:
         args.chains, args.latency_chains, args.rounds = 100, 20, 1
     workers = [int(w) for w in args.workers.split(",")]
@@ -615,13 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rps = results[-1].runs_per_second
                         parts = ", ".join(
                             f"{part} {ms:.2f}" for part, ms in
-                            results[-1].to_json()["cpu_ms_per_run_parts"].items())
+                            results[-1].cpu_ms_per_run_parts.items())
                         console.print(f"{system.system:12} {k} proc: {rps:7.0f} runs/s, "
                                       f"{results[-1].cpu_ms_per_run:.2f} CPU ms/run "
                                       f"({parts})", highlight=False)
                     finally:
                         system.stop()
-        for side in systems:
+        for side in systems if args.latency_chains else []:  # 0: throughput only
             for poll in (polls if isinstance(side, TetherWorkers) else [None]):
                 if isinstance(side, TetherWorkers):
                     side.start(1, poll=poll or 0.2)
@@ -665,7 +672,7 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
         trials = [r for r in results if (r.system, r.kind, r.workers) == (system, "throughput", k)]
         if part is None:
             return median([r.cpu_ms_per_run for r in trials])
-        return median([r.cpu_parts.get(part, 0.0) / (3 * r.chains) * 1e3 for r in trials])
+        return median([r.cpu_ms_per_run_parts.get(part, 0.0) for r in trials])
 
     systems = [s for s in ("celery", "celery+pg", "tether", "tether-local")
                if any(r.system == s for r in results)]
@@ -719,7 +726,8 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
             name += f", poll {r.poll} s"
         lat.add_row(name, f"{median(r.latencies) * 1e3:.1f}",
                     f"{percentile(r.latencies, 99) * 1e3:.1f}")
-    console.print(lat)
+    if lat.row_count:
+        console.print(lat)
     console.print(f"{os.cpu_count()} CPUs; whole run {elapsed:.0f} s", highlight=False)
 
 
