@@ -323,9 +323,9 @@ class PlainCelery:
         processes starting on a busy machine may miss the first message (published before
         any of them bound the queue), so it is published again until one ends."""
         self.redis.delete(self.done_key)
-        for _ in range(6):
+        for _ in range(9):  # short waits, as in wait_one
             self.publish(0)
-            if self.redis.blpop([self.done_key], timeout=15) is not None:
+            if self.redis.blpop([self.done_key], timeout=10) is not None:
                 time.sleep(0.5)  # the chains published twice finish too
                 self.redis.delete(self.done_key)
                 return
@@ -612,8 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The systems alternate, so a drift of the machine hits them alike.
             for _ in range(args.rounds):
                 for system in systems:
-                    system.start(k)
-                    try:
+                    try:  # a start that fails stops what it started
+                        system.start(k)
                         with CpuMeter(system.pids) as meter:
                             seconds, lat = system.run_chains(args.chains)
                         results.append(Result(system.system, "throughput", k, args.chains,
@@ -630,11 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         system.stop()
         for side in systems if args.latency_chains else []:  # 0: throughput only
             for poll in (polls if isinstance(side, TetherWorkers) else [None]):
-                if isinstance(side, TetherWorkers):
-                    side.start(1, poll=poll or 0.2)
-                else:
-                    side.start(1)
                 try:
+                    if isinstance(side, TetherWorkers):
+                        side.start(1, poll=poll or 0.2)
+                    else:
+                        side.start(1)
                     t0 = time.time()
                     lat = side.latency(args.latency_chains)
                     results.append(Result(side.system, "latency", 1, len(lat), time.time() - t0,
