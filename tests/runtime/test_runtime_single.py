@@ -295,6 +295,36 @@ def test_a_working_thread_that_leaves_without_asking_releases_the_waiting_lane(
         committer.close()
 
 
+def test_a_transaction_that_leaves_nothing_asked_for_wakes_no_other_lane(
+    store: Store,
+) -> None:
+    # Requests one after another, each committed before the next is asked for: when a
+    # transaction ends nothing waits, so waking the other lanes would only cost a thread
+    # switch each (the lanes still wake for a request: the claims are all answered).
+    ids = [store.submit("kyc", f"case-{n}").run_id for n in range(5)]
+    committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
+                            lanes=2)
+    wakes: list[int] = []
+    notify_all = committer._cond.notify_all
+
+    def counted() -> None:
+        wakes.append(1)
+        notify_all()
+
+    committer._cond.notify_all = counted  # type: ignore[method-assign]
+    try:
+        for run_id in ids:
+            assert run_id is not None
+            claim = committer.claim(run_id)
+            assert claim is not None and claim.run_id == run_id
+        with committer.working():  # a thread that worked and asked nothing: no wake-up
+            pass
+        assert committer.transactions == len(ids)
+        assert wakes == []
+    finally:
+        committer.close()
+
+
 def test_closing_stops_every_lane_at_once(store: Store) -> None:
     committer = GroupCommit(store, worker="w1", lease_seconds=30, inline_dispatch=False,
                             lanes=3)

@@ -191,7 +191,8 @@ class GroupCommit:
         finally:
             with self._cond:
                 self._working -= 1
-                self._cond.notify_all()  # nothing more comes from it: a lane waiting goes
+                if self._pending():  # nothing more comes from it: a lane lingering goes
+                    self._cond.notify_all()
 
     def complete(self, completion: Completion, *, follow: bool = False) -> Recorded:
         """Record ``completion``; with ``follow``, also claim for this worker the first run
@@ -244,9 +245,13 @@ class GroupCommit:
             try:
                 self._commit(claims, done, lane)
             finally:
-                with self._cond:  # a lane waiting for a second request may go now
+                with self._cond:
                     self._busy -= 1
-                    self._cond.notify_all()
+                    # A lane waiting for a second request may go now. Only if one is asked
+                    # for: waking the other lane for nothing cost a thread switch and a
+                    # GIL hand-over per transaction.
+                    if self._pending():
+                        self._cond.notify_all()
         if lane.conn is not None:
             lane.conn.close()
             lane.conn = None
