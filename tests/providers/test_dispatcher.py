@@ -98,6 +98,28 @@ def test_only_the_acting_dispatcher_listens_and_its_successor_takes_over_listeni
             d.runner.close()
 
 
+def test_each_submission_wakes_the_listening_dispatcher_long_before_its_poll(
+    make_project: MakeProject, pg_url: str
+) -> None:
+    # A poll of a minute: only the store's notifications can bring these runs out in time,
+    # one after another on the same listening session.
+    project = _solo(make_project, database_url=pg_url)
+    published: list[tuple[int, str]] = []
+    dispatcher = Dispatcher(RunOne(project.store, project.graph), published.extend,
+                            poll=60.0, outbox="celery:q1")
+    try:
+        dispatcher.start()
+        _until(lambda: dispatcher.leading and _listeners(project) == 1, "it listens")
+        runs = []
+        for n in range(3):
+            runs.append(project.submit("solo", f"k{n}").run_id)
+            _until(lambda: len(published) == len(runs), f"submission {n} published", 5.0)
+        assert published == [(run_id, "solo") for run_id in runs]
+    finally:
+        dispatcher.stop()
+        dispatcher.runner.close()
+
+
 def test_on_sqlite_every_dispatcher_acts(make_project: MakeProject) -> None:
     project = _solo(make_project)
     out_a: list[tuple[int, str]] = []

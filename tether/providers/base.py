@@ -225,9 +225,11 @@ class Dispatcher:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._wake.set()  # whatever was notified before this LISTEN
                     while self._leading and not self._stop.is_set():
-                        # A timed wait, so that stop() and a lost lead are seen within a
-                        # second.
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        # A second of notifications at a time, so that stop() and a lost
+                        # lead are seen within a second. One generator for the second,
+                        # not one per notification: under a stream of submissions that
+                        # set-up cost as much as the notification.
+                        for _ in conn.notifies(timeout=1.0):
                             self._wake.set()
             except Exception as exc:  # the poll carries on; listen again shortly
                 log.debug("LISTEN %s failed: %s", NOTIFY_CHANNEL, exc)
