@@ -226,9 +226,9 @@ class Dispatcher:
                     self._wake.set()  # whatever was notified before this LISTEN
                     while self._leading and not self._stop.is_set():
                         # A second of notifications at a time, so that stop() and a lost
-                        # lead are seen within a second. One generator for the second,
-                        # not one per notification: under a stream of submissions that
-                        # set-up cost as much as the notification.
+                        # lead are seen within a second: one generator (its lock and its
+                        # set-up) for the second, not one per notification, which under a
+                        # stream of submissions is one per chain.
                         for _ in conn.notifies(timeout=1.0):
                             self._wake.set()
             except Exception as exc:  # the poll carries on; listen again shortly
