@@ -667,6 +667,14 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
         return median([r.runs_per_second for r in results
                        if (r.system, r.kind, r.workers) == (system, "throughput", k)])
 
+    def paired(base: str, k: int) -> float:
+        """Median over rounds of base's rate / Tether's: each round runs the systems one
+        after the other, so a pair shares the machine's spell of the moment."""
+        def trials(system: str) -> list[float]:
+            return [r.runs_per_second for r in results
+                    if (r.system, r.kind, r.workers) == (system, "throughput", k)]
+        return median([b / t for b, t in zip(trials(base), trials("tether"), strict=True)])
+
     def cpu(system: str, k: int, part: str | None = None) -> float:
         """Median CPU per run (ms) of ``system`` at ``k`` processes, or of one part of it."""
         trials = [r for r in results if (r.system, r.kind, r.workers) == (system, "throughput", k)]
@@ -687,13 +695,15 @@ def report(results: list[Result], workers: list[int], args: Any, elapsed: float)
     ratios = [b for b in ("celery", "celery+pg") if b in systems and "tether" in systems]
     for b in ratios:
         table.add_column(f"Tether / {label[b]} time", justify="right")
+        table.add_column("same, median of the rounds' ratios", justify="right")
     if "tether" in systems:
         table.add_column("Tether vs 1 process", justify="right")
     if "tether-local" in systems:
         table.add_column("local vs 1 process", justify="right")
     for k in workers:
         row = [str(k), *(f"{rate(s, k):,.0f}" for s in systems)]
-        row += [f"{rate(b, k) / rate('tether', k):.2f}x" for b in ratios]
+        for b in ratios:
+            row += [f"{rate(b, k) / rate('tether', k):.2f}x", f"{paired(b, k):.2f}x"]
         if "tether" in systems:
             row.append(f"{rate('tether', k) / rate('tether', workers[0]):.2f}x")
         if "tether-local" in systems:
