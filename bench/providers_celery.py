@@ -591,7 +591,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"(got {args.latency_chains})")
     if args.quick:
         args.chains, args.latency_chains, args.rounds = 100, 20, 1
-    workers = [int(w) for w in args.workers.split(",")]
+    if args.chains < 1 or args.rounds < 1:
+        parser.error(f"--chains and --rounds must be 1 or more (got {args.chains} and "
+                     f"{args.rounds})")
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 1:
+        parser.error(f"--workers takes process counts of 1 or more, comma-separated, "
+                     f"such as 1,2,4 (got {args.workers!r})")
 
     pg_url, admin = create_database(args.pg)
     results: list[Result] = []
@@ -663,24 +672,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(results: list[Result], workers: list[int], args: Any, elapsed: float) -> None:
+    def trials(system: str, k: int) -> list[Result]:
+        """The throughput trials of ``system`` at ``k`` processes, in round order."""
+        return [r for r in results if (r.system, r.kind, r.workers) == (system, "throughput", k)]
+
     def rate(system: str, k: int) -> float:
-        return median([r.runs_per_second for r in results
-                       if (r.system, r.kind, r.workers) == (system, "throughput", k)])
+        return median([r.runs_per_second for r in trials(system, k)])
 
     def paired(base: str, k: int) -> float:
         """Median over rounds of base's rate / Tether's: each round runs the systems one
         after the other, so a pair shares the machine's spell of the moment."""
-        def trials(system: str) -> list[float]:
-            return [r.runs_per_second for r in results
-                    if (r.system, r.kind, r.workers) == (system, "throughput", k)]
-        return median([b / t for b, t in zip(trials(base), trials("tether"), strict=True)])
+        return median([b.runs_per_second / t.runs_per_second
+                       for b, t in zip(trials(base, k), trials("tether", k), strict=True)])
 
     def cpu(system: str, k: int, part: str | None = None) -> float:
         """Median CPU per run (ms) of ``system`` at ``k`` processes, or of one part of it."""
-        trials = [r for r in results if (r.system, r.kind, r.workers) == (system, "throughput", k)]
         if part is None:
-            return median([r.cpu_ms_per_run for r in trials])
-        return median([r.cpu_ms_per_run_parts.get(part, 0.0) for r in trials])
+            return median([r.cpu_ms_per_run for r in trials(system, k)])
+        return median([r.cpu_ms_per_run_parts.get(part, 0.0) for r in trials(system, k)])
 
     systems = [s for s in ("celery", "celery+pg", "tether", "tether-local")
                if any(r.system == s for r in results)]
