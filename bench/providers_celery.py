@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -626,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = args.systems.split(",")
     systems = [s for s in (plain, plain_pg, harness, local) if s.system in chosen]
     polls = [float(p) for p in args.latency_polls.split(",") if p]
+    completed = False
     try:
         for k in workers:
             # The systems alternate, so a drift of the machine hits them alike.
@@ -663,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   f"{median(lat) * 1e3:.1f} ms median", highlight=False)
                 finally:
                     side.stop()
+        completed = True
     finally:
         harness.engine.dispose()
         local.engine.dispose()
@@ -670,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = make_url(pg_url).database
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+        if completed:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:  # the workers' stderr is in it
+            console.print(f"the Tether workers' logs are kept in {folder}", highlight=False)
     report(results, workers, args, time.time() - began)
     if args.json:
         args.json.write_text(json.dumps({
