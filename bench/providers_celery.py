@@ -67,6 +67,9 @@ from tether.providers.celery import make_app  # noqa: E402
 
 console = Console() if sys.stdout.isatty() else Console(width=130)
 
+SYSTEMS = ("celery", "celery+pg", "tether", "tether-local")
+"""The systems a run can compare (``--systems``), as each names itself."""
+
 WARM_CHAINS = 20
 """A burst of chains every system runs after starting and before it is measured: the
 trials measure a warm worker, not its first statements (compiled, prepared) or
@@ -450,7 +453,8 @@ class TetherWorkers:
         return key, t0
 
     def _busy(self) -> bool:
-        """Whether any run is queued or running (stops at the first, on the queue's index)."""
+        """Whether any run is queued or running (stops at the first, on the queue's index;
+        ``Store.pending`` would count every queued run on each pass)."""
         with self.engine.connect() as conn:
             return bool(conn.execute(text(
                 "SELECT EXISTS (SELECT 1 FROM runs WHERE status IN ('queued', 'running'))"
@@ -582,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         or "postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL server where this user may CREATE DATABASE")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--systems", default="celery,celery+pg,tether,tether-local",
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="which systems to run (comma-separated)")
     parser.add_argument("--latency-polls", default="0.2,0.02",
                         help="Tether outbox poll intervals for the latency runs")
@@ -613,6 +617,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers takes process counts of 1 or more, comma-separated, "
                      f"such as 1,2,4 (got {args.workers!r})")
 
+    chosen = args.systems.split(",")
+    unknown = sorted(set(chosen) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(map(repr, unknown))}; choose from "
+                     f"{','.join(SYSTEMS)}")
+    try:
+        polls = [float(p) for p in args.latency_polls.split(",") if p]
+    except ValueError:
+        polls = []
+    if not polls or min(polls) <= 0:
+        parser.error(f"--latency-polls takes poll intervals in seconds above 0, "
+                     f"comma-separated, such as 0.2,0.02 (got {args.latency_polls!r})")
+
     pg_url, admin = create_database(args.pg)
     results: list[Result] = []
     began = time.time()
@@ -624,9 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.submit_many)
     local = TetherWorkers("local", args.broker, pg_url, args.concurrency, folder, work,
                           args.submit_many)
-    chosen = args.systems.split(",")
     systems = [s for s in (plain, plain_pg, harness, local) if s.system in chosen]
-    polls = [float(p) for p in args.latency_polls.split(",") if p]
     completed = False
     try:
         for k in workers:
